@@ -1,0 +1,1 @@
+"""LungCAM explanations: class activation maps and how they are drawn."""

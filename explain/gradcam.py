@@ -1,0 +1,66 @@
+"""Grad-CAM for every class from one forward pass (Selvaraju et al., ICCV 2017).
+
+pytorch-grad-cam's ``GradCAM`` runs the whole network forward and backward once per class.
+For a target layer near the output most of that work is repeated: the class only changes
+the gradient, and the gradient of a logit with respect to the last dense block flows only
+through the small head (norm5 → global pool → linear). So the trunk runs once without
+autograd, its output is repeated once per class, and one backward through the head gives
+every class's gradient. ``bench/run.py`` measures the saving; ``tests/test_gradcam.py``
+checks the maps equal pytorch-grad-cam's to 1e-4.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from pytorch_grad_cam.utils.image import scale_cam_image
+from torch import nn
+
+from model.config import DEFAULT_TARGET_LAYER
+from model.network import split_at
+
+
+class AllClassGradCAM:
+    """Logits and raw Grad-CAM maps of all classes for a batch, from one trunk forward.
+
+    Example::
+
+        cam = AllClassGradCAM(model)
+        logits, maps = cam(batch)  # (B, K), (B, K, h, w) at feature resolution
+        heat = normalise_cam(maps[0, 2], (W, H))  # class 2 for image 0, in [0, 1]
+    """
+
+    def __init__(self, model: nn.Module, target_layer: str = DEFAULT_TARGET_LAYER) -> None:
+        self.model = model
+        self.target_layer = target_layer
+        self.trunk, self.tail = split_at(model, target_layer)
+
+    def __call__(self, batch: torch.Tensor) -> tuple[torch.Tensor, np.ndarray]:
+        if self.model.training:
+            raise RuntimeError("AllClassGradCAM needs the model in eval mode (BatchNorm)")
+        with torch.inference_mode():
+            activations = self.trunk(batch)
+        activations = activations.clone().float()  # a normal tensor, usable by autograd
+        n_images = activations.shape[0]
+        n_classes = self.model.num_classes
+        repeated = activations.repeat_interleave(n_classes, dim=0).requires_grad_(True)
+        with torch.enable_grad():
+            logits = self.tail(repeated).float().view(n_images, n_classes, n_classes)
+            own_class = torch.diagonal(logits, dim1=1, dim2=2)  # logit k of copy k
+            (grads,) = torch.autograd.grad(own_class.sum(), repeated)
+        weights = grads.mean(dim=(2, 3))  # Grad-CAM: spatially averaged gradients
+        maps = torch.relu(torch.einsum("nc,nchw->nhw", weights, repeated.detach()))
+        height, width = maps.shape[-2:]
+        maps = maps.view(n_images, n_classes, height, width)
+        return logits[:, 0].detach(), maps.cpu().numpy()
+
+
+def normalise_cam(raw: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """One raw map (h, w) → [0, 1] map of ``size`` = (width, height).
+
+    Uses pytorch-grad-cam's own ``scale_cam_image`` twice, exactly as its ``BaseCAM`` does
+    (scale per layer with resize, then again after aggregating layers), so our maps and its
+    maps are comparable number for number.
+    """
+    per_layer = scale_cam_image(raw[None], size)
+    return scale_cam_image(per_layer)[0]

@@ -1,0 +1,1 @@
+"""LungCAM model package: config, network, checkpoints, image input and the predictor."""

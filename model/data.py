@@ -1,0 +1,174 @@
+"""Datasets from Kaggle-style class folders, with patient-aware splits and the shared decoder."""
+
+from __future__ import annotations
+
+import csv
+import logging
+import random
+import re
+from collections import Counter, defaultdict
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import albumentations as A
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from model.config import CLASS_FOLDERS
+from model.imageio import ImageInputError, load_image
+from model.transforms import to_tensor
+
+log = logging.getLogger(__name__)
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".dcm"}
+MANIFEST = "manifest.csv"
+
+# Folder-name spellings seen in public chest X-ray sets, keyed by a normalised form.
+_ALIASES = {
+    "bacterialpneumonia": 0,
+    "bacterial": 0,
+    "pneumoniabacterial": 0,
+    "coronavirusdisease": 1,
+    "covid19": 1,
+    "covid": 1,
+    "normal": 2,
+    "tuberculosis": 3,
+    "tb": 3,
+    "viralpneumonia": 4,
+    "viral": 4,
+    "pneumoniaviral": 4,
+}
+
+
+@dataclass(frozen=True)
+class ImageRecord:
+    path: Path
+    label: int
+    patient_id: str
+    source: str
+
+
+def class_index_of(folder_name: str) -> int | None:
+    """Map a class-folder name (any case/spacing, e.g. ``NORMAL``, ``covid-19``) to its index."""
+    return _ALIASES.get(re.sub(r"[^a-z0-9]", "", folder_name.lower()))
+
+
+def scan_class_folders(root: Path) -> list[ImageRecord]:
+    """Records for ``root/<class folder>/*``; errors name missing or empty classes."""
+    if not root.is_dir():
+        raise FileNotFoundError(f"data folder {str(root)!r} does not exist")
+    manifest = _read_manifest(root)
+    found: dict[int, Path] = {}
+    for folder in sorted(p for p in root.iterdir() if p.is_dir()):
+        index = class_index_of(folder.name)
+        if index is None:
+            raise ValueError(
+                f"unknown class folder {folder.name!r} in {str(root)!r}; expected "
+                f"{', '.join(CLASS_FOLDERS)} (case and spacing may vary)"
+            )
+        found[index] = folder
+    missing = [CLASS_FOLDERS[i] for i in range(len(CLASS_FOLDERS)) if i not in found]
+    if missing:
+        raise ValueError(f"{str(root)!r} lacks class folders: {', '.join(missing)}")
+    records = []
+    for index, folder in sorted(found.items()):
+        files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+        if not files:
+            raise ValueError(f"class folder {str(folder)!r} holds no images")
+        for path in files:
+            row = manifest.get(path.resolve(), {})
+            records.append(
+                ImageRecord(path, index, row.get("patient_id", path.stem), row.get("source", ""))
+            )
+    return records
+
+
+def load_splits(
+    data_dir: str | Path, seed: int = 0, val_fraction: float = 0.15, test_fraction: float = 0.15
+) -> dict[str, list[ImageRecord]]:
+    """``train``/``val`` (and ``test``) records: from split folders if present, else a seeded
+    split of one folder of class folders, grouped by patient where a manifest names them."""
+    root = Path(data_dir)
+    if (root / "train").is_dir():
+        splits = {
+            name: scan_class_folders(root / name)
+            for name in ("train", "val", "test")
+            if (root / name).is_dir()
+        }
+        if "val" not in splits:
+            splits["train"], splits["val"] = _split_by_patient(splits["train"], val_fraction, seed)
+        return splits
+    records = scan_class_folders(root)
+    rest, test = _split_by_patient(records, test_fraction, seed)
+    train, val = _split_by_patient(rest, val_fraction / (1 - test_fraction), seed + 1)
+    return {"train": train, "val": val, "test": test}
+
+
+def subsample(records: list[ImageRecord], max_per_class: int, seed: int = 0) -> list[ImageRecord]:
+    """At most ``max_per_class`` records of each class, chosen with ``seed``."""
+    by_class: dict[int, list[ImageRecord]] = defaultdict(list)
+    for record in records:
+        by_class[record.label].append(record)
+    rng = random.Random(seed)
+    kept = []
+    for label in sorted(by_class):
+        group = by_class[label]
+        kept.extend(rng.sample(group, min(max_per_class, len(group))))
+    return kept
+
+
+def class_counts(records: list[ImageRecord], num_classes: int) -> np.ndarray:
+    counts = Counter(r.label for r in records)
+    return np.array([counts.get(i, 0) for i in range(num_classes)], dtype=np.int64)
+
+
+class XrayDataset(Dataset):
+    """Decodes every image once (in threads) through ``load_image`` and keeps the pixels.
+
+    Unreadable files are skipped and counted in ``skipped`` instead of failing mid-epoch.
+    """
+
+    def __init__(self, records: list[ImageRecord], transform: A.Compose, workers: int = 8):
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            decoded = list(pool.map(_decode_or_none, records))
+        self.records = [r for r, px in zip(records, decoded, strict=True) if px is not None]
+        self.pixels = [px for px in decoded if px is not None]
+        self.skipped = [str(r.path) for r, px in zip(records, decoded, strict=True) if px is None]
+        if self.skipped:
+            log.warning("skipped %d unreadable images, e.g. %s", len(self.skipped), self.skipped[0])
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        return to_tensor(self.pixels[index], self.transform), self.records[index].label
+
+
+def _decode_or_none(record: ImageRecord) -> np.ndarray | None:
+    try:
+        return load_image(record.path).pixels
+    except ImageInputError:
+        return None
+
+
+def _read_manifest(root: Path) -> dict[Path, dict[str, str]]:
+    """Rows of the nearest ``manifest.csv`` (in ``root`` or its parent), keyed by file path."""
+    for folder in (root, root.parent):
+        path = folder / MANIFEST
+        if path.is_file():
+            with open(path, newline="") as fh:
+                return {(folder / row["file"]).resolve(): row for row in csv.DictReader(fh)}
+    return {}
+
+
+def _split_by_patient(
+    records: list[ImageRecord], fraction: float, seed: int
+) -> tuple[list[ImageRecord], list[ImageRecord]]:
+    patients = sorted({r.patient_id for r in records})
+    random.Random(seed).shuffle(patients)
+    held = set(patients[: max(1, round(len(patients) * fraction))])
+    return [r for r in records if r.patient_id not in held], [
+        r for r in records if r.patient_id in held
+    ]

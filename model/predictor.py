@@ -1,0 +1,123 @@
+"""The seam between the model and everything that uses it.
+
+The app, the batch CLI, evaluation and the benchmark all call ``Predictor``: load a
+checkpoint once, then image → calibrated probabilities + every class's Grad-CAM.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from explain.gradcam import AllClassGradCAM, normalise_cam
+from model.checkpoint import load_checkpoint
+from model.config import ModelConfig
+from model.imageio import LoadedImage
+from model.network import create_network
+from model.transforms import build_transform, to_tensor
+
+BUNDLED_MODEL = Path(__file__).resolve().parent.parent / "assets" / "model"
+MODEL_ENV = "LUNGCAM_MODEL"
+
+
+def resolve_model_spec(requested: str | None = None) -> str | None:
+    """Which checkpoint to serve: ``--model``, else ``$LUNGCAM_MODEL``, else the bundled one.
+
+    ``None`` means no checkpoint exists: the app then runs untrained weights with a banner.
+    """
+    if requested:
+        return requested
+    if os.environ.get(MODEL_ENV):
+        return os.environ[MODEL_ENV]
+    return str(BUNDLED_MODEL) if (BUNDLED_MODEL / "config.json").is_file() else None
+
+
+def pick_device(requested: str | None = None) -> torch.device:
+    """CUDA when available (or asked for), CPU otherwise."""
+    if requested:
+        return torch.device(requested)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+@dataclass
+class Prediction:
+    """One image's result: calibrated probabilities and raw CAMs for every class."""
+
+    label_names: list[str]
+    probabilities: np.ndarray  # (K,), softmax(logits / temperature)
+    logits: np.ndarray  # (K,)
+    raw_cams: np.ndarray  # (K, h, w) at feature-map resolution, before normalisation
+    image: LoadedImage
+
+    @property
+    def top_index(self) -> int:
+        return int(np.argmax(self.probabilities))
+
+    @property
+    def top_label(self) -> str:
+        return self.label_names[self.top_index]
+
+    def confidences(self) -> dict[str, float]:
+        pairs = zip(self.label_names, self.probabilities, strict=True)
+        return {name: float(p) for name, p in pairs}
+
+    def heatmap(self, class_index: int, size: tuple[int, int] | None = None) -> np.ndarray:
+        """Class ``class_index``'s map in [0, 1] at ``size`` (width, height); default: image size."""
+        if not 0 <= class_index < len(self.label_names):
+            raise ValueError(
+                f"class index {class_index} out of range 0..{len(self.label_names) - 1}"
+            )
+        return normalise_cam(self.raw_cams[class_index], size or self.image.size)
+
+
+class Predictor:
+    """A loaded model plus its preprocessing; thread-safe for inference."""
+
+    def __init__(self, model: nn.Module, config: ModelConfig, device: torch.device) -> None:
+        self.model = model.to(device).eval()
+        self.config = config
+        self.device = device
+        self.transform = build_transform(config, train=False)
+        self.cam = AllClassGradCAM(self.model, config.target_layer)
+
+    @classmethod
+    def load(cls, spec: str | None = None, device: str | None = None) -> Predictor:
+        """Load ``spec`` (see ``resolve_model_spec``); untrained weights if there is none."""
+        target = pick_device(device)
+        resolved = resolve_model_spec(spec)
+        if resolved is None:
+            torch.manual_seed(0)
+            config = ModelConfig()
+            model = create_network(config)
+        else:
+            model, config = load_checkpoint(resolved, target)
+        return cls(model, config, target)
+
+    @property
+    def description(self) -> str:
+        sha = self.config.weights_sha256[:12] or "none"
+        return f"{self.config.architecture} · {self.config.version} · sha256 {sha}"
+
+    def preprocess(self, pixels: np.ndarray) -> torch.Tensor:
+        """(H, W) uint8 → (3, H', W') tensor through the checkpoint's own transform."""
+        return to_tensor(pixels, self.transform)
+
+    def predict(self, image: LoadedImage) -> Prediction:
+        return self.predict_many([image])[0]
+
+    def predict_many(self, images: Sequence[LoadedImage]) -> list[Prediction]:
+        """Batch of decoded images → one ``Prediction`` each, from a single batched forward."""
+        batch = torch.stack([self.preprocess(im.pixels) for im in images]).to(self.device)
+        logits, maps = self.cam(batch)
+        logits_np = logits.cpu().numpy()
+        probabilities = torch.softmax(logits / self.config.temperature, dim=1).cpu().numpy()
+        return [
+            Prediction(self.config.label_names, probabilities[i], logits_np[i], maps[i], im)
+            for i, im in enumerate(images)
+        ]

@@ -1,0 +1,307 @@
+"""Fine-tune DenseNet201 on class folders with the two-stage recipe.
+
+Stage 1 trains the head alone on a frozen backbone (Adam, 1e-3 → 3e-4); stage 2 fine-tunes
+everything (AdamW, 1e-4 → 3e-5 cosine, weight decay 0.05). Every number is a flag.
+
+    python -m model.train --data ../shared/data/lung5 --out runs/demo
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import random
+import shlex
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from sklearn.metrics import f1_score
+from torch import nn
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from model.calibrate import fit_temperature
+from model.checkpoint import load_checkpoint, save_checkpoint
+from model.config import ModelConfig
+from model.data import XrayDataset, class_counts, load_splits, subsample
+from model.network import create_network
+from model.predictor import pick_device
+from model.transforms import build_transform
+
+log = logging.getLogger("lungcam.train")
+STAGES = ("head", "full")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    add = parser.add_argument
+    add("--data", required=True, help="split root (train/ val/ [test/]) or one folder of classes")
+    add("--out", required=True, help="output folder: best/ checkpoint, last.pt, metrics.jsonl")
+    add("--image-size", type=int, default=224)
+    add("--batch-size", type=int, default=32)
+    add("--head-epochs", type=int, default=1, help="stage 1 epochs (backbone frozen)")
+    add("--head-lr", type=float, default=1e-3)
+    add("--head-lr-final", type=float, default=3e-4)
+    add("--epochs", type=int, default=10, help="stage 2 epochs (full fine-tune)")
+    add("--lr", type=float, default=1e-4)
+    add("--lr-final", type=float, default=3e-5)
+    add("--weight-decay", type=float, default=0.05)
+    add(
+        "--patience",
+        type=int,
+        default=5,
+        help="early stop after N epochs without a better val macro-F1",
+    )
+    add("--max-per-class", type=int, default=0, help="subsample each class (0: all)")
+    add("--balance", choices=("loss", "none"), default="loss", help="class-weighted loss")
+    add(
+        "--pretrained",
+        action="store_true",
+        help="start from timm's ImageNet weights (needs the hub)",
+    )
+    add("--init-from", help="start from a local checkpoint instead")
+    add("--resume", action="store_true", help="continue from OUT/last.pt")
+    add("--seed", type=int, default=0)
+    add("--workers", type=int, default=2)
+    add("--device", default=None)
+    add("--no-amp", action="store_true", help="disable bf16 autocast on CUDA")
+    add("--half", action="store_true", help="save the best weights in fp16")
+    add("--max-minutes", type=float, default=0, help="stop after this long (0: no limit)")
+    add("--version", default=None, help="version string stored in config.json")
+    return parser.parse_args(argv)
+
+
+def set_stage(model: nn.Module, stage: str) -> list[nn.Parameter]:
+    """Freeze the backbone for ``head``, unfreeze all for ``full``; return trainable params."""
+    head = list(model.get_classifier().parameters())
+    for param in model.parameters():
+        param.requires_grad_(stage == "full")
+    for param in head:
+        param.requires_grad_(True)
+    return list(model.parameters()) if stage == "full" else head
+
+
+def make_optimizer(
+    params: list[nn.Parameter], stage: str, args: argparse.Namespace, steps: int
+) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
+    """Adam for the head stage, AdamW with weight decay for the full stage; cosine decay."""
+    if stage == "head":
+        optimizer: torch.optim.Optimizer = torch.optim.Adam(params, lr=args.head_lr)
+        final = args.head_lr_final
+    else:
+        optimizer = torch.optim.AdamW(params, lr=args.lr, weight_decay=args.weight_decay)
+        final = args.lr_final
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, max(1, steps), eta_min=final)
+    return optimizer, scheduler
+
+
+def train_one_epoch(
+    model: nn.Module,
+    loader: DataLoader,
+    stage: str,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    loss_fn: nn.Module,
+    device: torch.device,
+    amp: bool,
+) -> float:
+    # A frozen backbone stays in eval mode so its BatchNorm statistics do not move either.
+    model.train(stage == "full")
+    model.get_classifier().train()
+    total, seen = 0.0, 0
+    for images, labels in tqdm(loader, desc=stage, leave=False, disable=None):
+        images = images.to(device, non_blocking=True)
+        labels = labels.to(device, non_blocking=True)
+        if device.type == "cuda":
+            images = images.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+            loss = loss_fn(model(images).float(), labels)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+        total += loss.item() * len(labels)
+        seen += len(labels)
+    return total / max(seen, 1)
+
+
+@torch.inference_mode()
+def collect_logits(
+    model: nn.Module, loader: DataLoader, device: torch.device, amp: bool
+) -> tuple[np.ndarray, np.ndarray]:
+    model.eval()
+    outputs, targets = [], []
+    for images, labels in loader:
+        images = images.to(device)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+            outputs.append(model(images).float().cpu())
+        targets.append(labels)
+    return torch.cat(outputs).numpy(), torch.cat(targets).numpy()
+
+
+def train(args: argparse.Namespace) -> Path:
+    """Run both stages, keep the best val macro-F1 weights, fit the temperature, save."""
+    random.seed(args.seed)
+    np.random.seed(args.seed)
+    torch.manual_seed(args.seed)
+    device = pick_device(args.device)
+    amp = device.type == "cuda" and not args.no_amp
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+
+    splits = load_splits(args.data, seed=args.seed)
+    if args.max_per_class:
+        splits = {k: subsample(v, args.max_per_class, args.seed) for k, v in splits.items()}
+    config = ModelConfig(input_size=(3, args.image_size, args.image_size))
+    if args.init_from:
+        model, init_config = load_checkpoint(args.init_from, "cpu")
+        config.mean, config.std = init_config.mean, init_config.std
+    else:
+        model = create_network(config, pretrained=args.pretrained)
+    model.to(device)
+    if device.type == "cuda":
+        model.to(memory_format=torch.channels_last)
+
+    train_set = XrayDataset(
+        splits["train"], build_transform(config, train=True), max(4, args.workers * 4)
+    )
+    val_set = XrayDataset(splits["val"], build_transform(config), max(4, args.workers * 4))
+    loader_kw = dict(
+        num_workers=args.workers,
+        pin_memory=device.type == "cuda",
+        persistent_workers=args.workers > 0,
+    )
+    train_loader = DataLoader(
+        train_set,
+        args.batch_size,
+        shuffle=True,
+        drop_last=len(train_set) > args.batch_size,  # no empty epoch on tiny sets
+        generator=torch.Generator().manual_seed(args.seed),
+        **loader_kw,
+    )
+    val_loader = DataLoader(val_set, args.batch_size * 2, **loader_kw)
+    counts = class_counts(train_set.records, config.num_classes)
+    weights = (
+        counts.sum() / (len(counts) * np.maximum(counts, 1)) if args.balance == "loss" else None
+    )
+    loss_fn = nn.CrossEntropyLoss(
+        weight=torch.tensor(weights, dtype=torch.float32, device=device)
+        if weights is not None
+        else None
+    )
+    log.info(
+        "train %s, val %d images, skipped %d unreadable",
+        counts.tolist(),
+        len(val_set),
+        len(train_set.skipped) + len(val_set.skipped),
+    )
+
+    state = {"stage": 0, "epoch": 0, "best_f1": -1.0, "stale": 0}
+    last_path = out / "last.pt"
+    resume = (
+        torch.load(last_path, map_location="cpu", weights_only=True)
+        if args.resume and last_path.exists()
+        else None
+    )
+    if resume:
+        model.load_state_dict(resume["model"])
+        state = {k: resume[k] for k in state}
+    started = time.monotonic()
+    plan = [("head", args.head_epochs), ("full", args.epochs)]
+    for stage_index, (stage, epochs) in enumerate(plan):
+        if stage_index < state["stage"] or epochs == 0:
+            continue
+        params = set_stage(model, stage)
+        optimizer, scheduler = make_optimizer(params, stage, args, epochs * len(train_loader))
+        first_epoch = 0
+        if resume and stage_index == resume["stage"]:
+            optimizer.load_state_dict(resume["optimizer"])
+            scheduler.load_state_dict(resume["scheduler"])
+            first_epoch = resume["epoch"]
+        state["stale"] = 0 if not resume or stage_index != resume["stage"] else state["stale"]
+        for epoch in tqdm(range(first_epoch, epochs), desc=f"stage {stage}", disable=None):
+            loss = train_one_epoch(
+                model, train_loader, stage, optimizer, scheduler, loss_fn, device, amp
+            )
+            logits, labels = collect_logits(model, val_loader, device, amp)
+            macro_f1 = float(f1_score(labels, logits.argmax(1), average="macro"))
+            improved = macro_f1 > state["best_f1"]
+            if improved:
+                state["best_f1"], state["stale"] = macro_f1, 0
+                save_checkpoint(model, config, out / "best")
+            else:
+                state["stale"] += 1
+            state.update(stage=stage_index, epoch=epoch + 1)
+            record = {
+                "stage": stage,
+                "epoch": epoch + 1,
+                "train_loss": round(loss, 5),
+                "val_macro_f1": round(macro_f1, 5),
+                "val_accuracy": round(float((logits.argmax(1) == labels).mean()), 5),
+                "lr": scheduler.get_last_lr()[0],
+                "minutes": round((time.monotonic() - started) / 60, 2),
+            }
+            with open(out / "metrics.jsonl", "a") as fh:
+                fh.write(json.dumps(record) + "\n")
+            log.info("%s", record)
+            torch.save(
+                {
+                    "model": model.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(),
+                    **state,
+                },
+                last_path,
+            )
+            out_of_time = args.max_minutes and (time.monotonic() - started) / 60 > args.max_minutes
+            if state["stale"] >= args.patience or out_of_time:
+                log.info(
+                    "stopping %s: %s", stage, "time budget" if out_of_time else "no improvement"
+                )
+                break
+        state.update(stage=stage_index + 1, epoch=0)
+        if args.max_minutes and (time.monotonic() - started) / 60 > args.max_minutes:
+            break
+    return finalize(out / "best", val_loader, device, args)
+
+
+def finalize(
+    best: Path, val_loader: DataLoader, device: torch.device, args: argparse.Namespace
+) -> Path:
+    """Fit the temperature on validation logits of the best weights and re-save them."""
+    model, config = load_checkpoint(best, device)
+    logits, labels = collect_logits(model, val_loader, device, amp=False)
+    config.temperature = fit_temperature(logits, labels)
+    config.trained = True
+    config.version = args.version or f"lung5-{time.strftime('%Y%m%d')}-{config.image_size[0]}px"
+    save_checkpoint(model, config, best, half=args.half)
+    summary = {
+        "command": "python -m model.train " + shlex.join(sys.argv[1:]),
+        "temperature": config.temperature,
+        "version": config.version,
+        "val_macro_f1": float(f1_score(labels, logits.argmax(1), average="macro")),
+    }
+    (best.parent / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    log.info("saved %s (T=%.3f)", best, config.temperature)
+    return best
+
+
+def main(argv: list[str] | None = None) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    args = parse_args(argv)
+    if args.pretrained and args.init_from:
+        sys.exit("choose one of --pretrained and --init-from")
+    try:
+        train(args)
+    except (RuntimeError, ValueError, FileNotFoundError) as err:
+        if isinstance(err, RuntimeError) and "Hugging Face hub" not in str(err):
+            raise
+        sys.exit(f"error: {err}")
+
+
+if __name__ == "__main__":
+    main()

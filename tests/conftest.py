@@ -1,0 +1,104 @@
+"""Shared fixtures: real images from ../shared/data/lung5 and small checkpoints made here.
+
+Nothing is downloaded. ``LUNGCAM_DATA`` overrides where the lung5 folder is.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+
+from model.checkpoint import save_checkpoint
+from model.config import CLASS_FOLDERS, ModelConfig
+from model.network import create_network
+
+REPO = Path(__file__).resolve().parent.parent
+LUNG5 = Path(os.environ.get("LUNGCAM_DATA", REPO.parent / "shared" / "data" / "lung5"))
+BUNDLED_MODEL = REPO / "assets" / "model"
+
+
+def lung5_images(split: str = "test", per_class: int = 1) -> list[Path]:
+    """The first ``per_class`` images of each class folder of a lung5 split."""
+    if not LUNG5.is_dir():
+        pytest.fail(f"lung5 data not found at {LUNG5}; set LUNGCAM_DATA")
+    return [
+        p
+        for folder in CLASS_FOLDERS
+        for p in sorted((LUNG5 / split / folder).iterdir())[:per_class]
+    ]
+
+
+@pytest.fixture(scope="session")
+def real_image() -> Path:
+    return lung5_images("test")[3]  # a 512×512 TBX11K radiograph
+
+
+def make_checkpoint(folder: Path, image_size: int = 64, seed: int = 0) -> Path:
+    """A random-weight checkpoint in the app's format (small input, so tests stay fast)."""
+    torch.manual_seed(seed)
+    config = ModelConfig(input_size=(3, image_size, image_size), version=f"random-{seed}")
+    return save_checkpoint(create_network(config), config, folder)
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def start_app(
+    model: Path, *extra: str, env: dict[str, str] | None = None, timeout: float = 120.0
+) -> tuple[subprocess.Popen, str]:
+    """Start ``python app.py`` on loopback and wait until it answers; returns (process, url)."""
+    port = free_port()
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "app.py",
+            "--model",
+            str(model),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            *extra,
+        ],
+        cwd=REPO,
+        env={**os.environ, **(env or {})},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    url = f"http://127.0.0.1:{port}/"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"app exited early:\n{process.stdout.read()}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                return process, url
+        except OSError:
+            time.sleep(0.5)
+    process.kill()
+    raise RuntimeError(f"app did not start within {timeout}s")
+
+
+@pytest.fixture(scope="session")
+def app_url(tiny_checkpoint: Path) -> Iterator[str]:
+    process, url = start_app(tiny_checkpoint)
+    yield url
+    process.terminate()
+    process.wait(timeout=30)

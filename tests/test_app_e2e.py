@@ -1,0 +1,65 @@
+"""The real server on loopback, called the way the README says: gradio_client → /predict."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from gradio_client import Client, handle_file
+from PIL import Image
+
+import app
+from model.imageio import load_image
+from model.predictor import Predictor
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def client(app_url):
+    return Client(app_url, verbose=False)
+
+
+def _predict(client, path):
+    return client.predict(handle_file(str(path)), 0.45, "jet", api_name="/predict")
+
+
+def test_predict_returns_five_confidences_and_a_full_size_overlay(client, real_image):
+    label, overlay_path, _, notes = _predict(client, real_image)
+    confidences = {c["label"]: c["confidence"] for c in label["confidences"]}
+    assert set(confidences) == {
+        "Bacterial Pneumonia",
+        "COVID-19",
+        "Normal",
+        "Tuberculosis",
+        "Viral Pneumonia",
+    }
+    assert sum(confidences.values()) == pytest.approx(1.0, abs=1e-4)
+    assert label["label"] == max(confidences, key=confidences.get)
+    overlay = np.asarray(Image.open(overlay_path))
+    assert overlay.shape[:2] == load_image(real_image).pixels.shape
+    assert overlay.shape[2] == 3 and overlay.std() > 0
+    assert "512×512" in notes
+
+
+def test_bad_file_is_an_error_and_the_server_keeps_serving(client, real_image, tmp_path):
+    junk = tmp_path / "notes.png"
+    junk.write_bytes(b"this is not an image")
+    with pytest.raises(Exception, match="not a readable image"):
+        _predict(client, junk)
+    label, _, _, _ = _predict(client, real_image)
+    assert len(label["confidences"]) == 5
+
+
+def test_screen_shows_disclaimer_model_and_untrained_banner(tiny_checkpoint):
+    demo = app.build_demo(Predictor.load(str(tiny_checkpoint), "cpu"))
+    text = " ".join(str(getattr(block, "value", "")) for block in demo.blocks.values())
+    assert "not a diagnostic device" in text
+    assert "UNTRAINED" in text
+    assert "densenet201" in text and "device: `cpu`" in text
+
+
+def test_examples_are_real_and_small():
+    examples = sorted(Path(app.ASSETS, "examples").glob("*.jpg"))
+    assert 5 <= len(examples) <= 10
+    assert sum(p.stat().st_size for p in examples) <= 1_000_000
+    assert (Path(app.ASSETS, "examples", "LICENSE.md")).is_file()

@@ -1,0 +1,94 @@
+"""Our all-class Grad-CAM equals pytorch-grad-cam's GradCAM, class by class."""
+
+import numpy as np
+import pytest
+import torch
+from pytorch_grad_cam import GradCAM
+from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+from explain.gradcam import AllClassGradCAM, normalise_cam
+from model.checkpoint import load_checkpoint
+from model.config import ModelConfig
+from model.imageio import load_image
+from model.network import create_network
+from model.predictor import Predictor
+from tests.conftest import BUNDLED_MODEL, lung5_images
+
+
+def _reference_maps(model, batch, layer):
+    with GradCAM(model, [layer]) as cam:
+        return np.stack(
+            [
+                cam(batch, [ClassifierOutputTarget(k)] * len(batch))
+                for k in range(model.num_classes)
+            ],
+            axis=1,
+        )  # (B, K, H, W)
+
+
+def _assert_equivalent(model, batch):
+    logits, raw = AllClassGradCAM(model)(batch)
+    reference = _reference_maps(model, batch, model.features.denseblock4)
+    size = (batch.shape[-1], batch.shape[-2])
+    ours = np.stack(
+        [[normalise_cam(raw[b, k], size) for k in range(raw.shape[1])] for b in range(raw.shape[0])]
+    )
+    assert ours.shape == reference.shape
+    np.testing.assert_allclose(ours, reference, atol=1e-4)
+    with torch.no_grad():
+        torch.testing.assert_close(logits, model(batch), atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("size", [64, 224])
+def test_matches_pytorch_grad_cam_with_random_weights(size):
+    torch.manual_seed(size)
+    model = create_network(ModelConfig(input_size=(3, size, size))).eval()
+    _assert_equivalent(model, torch.randn(2, 3, size, size))
+
+
+def test_matches_pytorch_grad_cam_with_the_bundled_trained_model():
+    model, config = load_checkpoint(BUNDLED_MODEL)
+    assert config.trained
+    predictor = Predictor(model, config, torch.device("cpu"))
+    batch = torch.stack([predictor.preprocess(load_image(p).pixels) for p in lung5_images()[:3]])
+    _assert_equivalent(model, batch)
+
+
+def test_refuses_a_model_in_train_mode():
+    model = create_network(ModelConfig()).train()
+    with pytest.raises(RuntimeError, match="eval mode"):
+        AllClassGradCAM(model)(torch.randn(1, 3, 64, 64))
+
+
+def test_prediction_heatmaps_are_at_image_resolution(tiny_checkpoint, real_image):
+    predictor = Predictor.load(str(tiny_checkpoint), "cpu")
+    image = load_image(real_image)
+    prediction = predictor.predict(image)
+    assert prediction.probabilities.sum() == pytest.approx(1.0, abs=1e-5)
+    for k in range(5):
+        heat = prediction.heatmap(k)
+        assert heat.shape == image.pixels.shape
+        assert heat.min() >= 0.0 and heat.max() <= 1.0
+    with pytest.raises(ValueError, match="out of range"):
+        prediction.heatmap(5)
+
+
+def test_batched_prediction_equals_single(tiny_checkpoint):
+    predictor = Predictor.load(str(tiny_checkpoint), "cpu")
+    images = [load_image(p) for p in lung5_images()[:3]]
+    batched = predictor.predict_many(images)
+    for image, together in zip(images, batched, strict=True):
+        alone = predictor.predict(image)
+        np.testing.assert_allclose(alone.probabilities, together.probabilities, atol=1e-5)
+        np.testing.assert_allclose(alone.raw_cams, together.raw_cams, rtol=1e-4, atol=1e-5)
+
+
+def test_temperature_scales_confidence_not_ranking(tiny_checkpoint, real_image):
+    hot = Predictor.load(str(tiny_checkpoint), "cpu")
+    cold = Predictor.load(str(tiny_checkpoint), "cpu")
+    cold.config.temperature = 3.0
+    image = load_image(real_image)
+    p_hot, p_cold = hot.predict(image), cold.predict(image)
+    assert p_hot.top_index == p_cold.top_index
+    assert p_cold.probabilities.max() < p_hot.probabilities.max()
+    np.testing.assert_allclose(p_hot.raw_cams, p_cold.raw_cams)
