@@ -68,7 +68,7 @@ class Prediction:
         return {name: float(p) for name, p in pairs}
 
     def heatmap(self, class_index: int, size: tuple[int, int] | None = None) -> np.ndarray:
-        """Class ``class_index``'s map in [0, 1] at ``size`` (width, height); default: image size."""
+        """Class ``class_index``'s map in [0, 1] at ``size`` (width, height), default image size."""
         if not 0 <= class_index < len(self.label_names):
             raise ValueError(
                 f"class index {class_index} out of range 0..{len(self.label_names) - 1}"
