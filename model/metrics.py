@@ -1,0 +1,87 @@
+"""Classification and calibration metrics, from scikit-learn and torchmetrics.
+
+Plain functions over arrays so evaluation, tests and the model card share one definition.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from sklearn.metrics import (
+    accuracy_score,
+    brier_score_loss,
+    confusion_matrix,
+    f1_score,
+    precision_score,
+    recall_score,
+    roc_auc_score,
+)
+from torchmetrics.functional.classification import multiclass_calibration_error
+
+ECE_BINS = 15
+
+
+def classification_metrics(
+    labels: np.ndarray, probabilities: np.ndarray, label_names: list[str]
+) -> dict[str, Any]:
+    """Accuracy, macro-F1, macro AUROC, per-class sensitivity/specificity/PPV/AUROC, confusion
+    matrix, 15-bin ECE and multiclass Brier score for (N,) labels and (N, K) probabilities."""
+    classes = list(range(len(label_names)))
+    predicted = probabilities.argmax(axis=1)
+    matrix = confusion_matrix(labels, predicted, labels=classes)
+    present = [k for k in classes if (labels == k).any() and (labels != k).any()]
+    per_class = {}
+    for k, name in enumerate(label_names):
+        is_k = labels == k
+        per_class[name] = {
+            "support": int(is_k.sum()),
+            "sensitivity": _nan_to_none(recall_score(is_k, predicted == k, zero_division=np.nan)),
+            "specificity": _nan_to_none(recall_score(~is_k, predicted != k, zero_division=np.nan)),
+            "ppv": _nan_to_none(precision_score(is_k, predicted == k, zero_division=np.nan)),
+            "auroc": float(roc_auc_score(is_k, probabilities[:, k])) if k in present else None,
+        }
+    aurocs = [per_class[label_names[k]]["auroc"] for k in present]
+    return {
+        "n": len(labels),
+        "accuracy": float(accuracy_score(labels, predicted)),
+        "macro_f1": float(
+            f1_score(labels, predicted, average="macro", labels=classes, zero_division=0)
+        ),
+        "macro_auroc": float(np.mean(aurocs)) if aurocs else None,
+        "per_class": per_class,
+        "confusion_matrix": matrix.tolist(),
+        "ece": expected_calibration_error(labels, probabilities),
+        "brier": float(brier_score_loss(labels, probabilities, labels=classes)),
+    }
+
+
+def expected_calibration_error(labels: np.ndarray, probabilities: np.ndarray) -> float:
+    """Top-label ECE with 15 equal-width bins (Guo et al. 2017), via torchmetrics."""
+    return float(
+        multiclass_calibration_error(
+            torch.as_tensor(probabilities, dtype=torch.float32),
+            torch.as_tensor(labels, dtype=torch.long),
+            num_classes=probabilities.shape[1],
+            n_bins=ECE_BINS,
+            norm="l1",
+        )
+    )
+
+
+def binary_auroc(
+    labels: np.ndarray, probabilities: np.ndarray, positive: int, negative: int
+) -> float | None:
+    """AUROC of ``positive`` vs ``negative`` among images of those two classes, scored by
+    p(positive) / (p(positive) + p(negative)) (e.g. bacterial vs viral pneumonia)."""
+    keep = np.isin(labels, [positive, negative])
+    if len(np.unique(labels[keep])) < 2:
+        return None
+    pair = probabilities[keep][:, [positive, negative]]
+    score = pair[:, 0] / np.clip(pair.sum(axis=1), 1e-12, None)
+    return float(roc_auc_score(labels[keep] == positive, score))
+
+
+def _nan_to_none(value: float) -> float | None:
+    return None if np.isnan(value) else float(value)

@@ -1,0 +1,66 @@
+"""Metrics against values worked out by hand on a fixed six-image prediction set."""
+
+import json
+
+import numpy as np
+import pytest
+
+from model import evaluate
+from model.calibrate import fit_temperature, softmax
+from model.metrics import binary_auroc, classification_metrics
+from tests.conftest import LUNG5
+
+LABELS = np.array([0, 0, 1, 1, 2, 2])
+PROBS = np.array([[.7, .2, .1], [.4, .5, .1], [.2, .7, .1],
+                  [.1, .8, .1], [.1, .1, .8], [.5, .1, .4]])  # predicted: 0 1 1 1 2 0
+
+
+def test_values_match_hand_computation():
+    m = classification_metrics(LABELS, PROBS, ["a", "b", "c"])
+    assert m["accuracy"] == pytest.approx(4 / 6)
+    # F1: a = 2·.5·.5/(1) = .5, b = 2·(2/3)·1/(5/3) = .8, c = 2·1·.5/1.5 = 2/3
+    assert m["macro_f1"] == pytest.approx((0.5 + 0.8 + 2 / 3) / 3)
+    assert m["per_class"]["a"] == {"support": 2, "sensitivity": 0.5, "specificity": 0.75,
+                                   "ppv": 0.5, "auroc": 0.875}
+    assert m["per_class"]["b"]["ppv"] == pytest.approx(2 / 3)
+    assert m["per_class"]["c"]["specificity"] == 1.0
+    assert m["macro_auroc"] == pytest.approx((0.875 + 1 + 1) / 3)
+    assert m["confusion_matrix"] == [[1, 1, 0], [0, 2, 0], [1, 0, 1]]
+    # Brier: per-image squared error .14 .62 .14 .06 .06 .62 → mean 1.64 / 6
+    assert m["brier"] == pytest.approx(1.64 / 6)
+    # ECE (15 bins): conf .5/.5 acc 0, .7/.7 acc 1, .8/.8 acc 1 → (2·.5 + 2·.3 + 2·.2) / 6
+    assert m["ece"] == pytest.approx(2.0 / 6, abs=1e-6)
+
+
+def test_binary_auroc_uses_only_the_two_classes():
+    # among images of class 0 and 1: score p0/(p0+p1) = .78 .44 | .22 .11 → perfect ranking
+    assert binary_auroc(LABELS, PROBS, positive=0, negative=1) == 1.0
+    assert binary_auroc(LABELS[:2], PROBS[:2], 0, 1) is None
+
+
+def test_temperature_fit_recovers_a_known_temperature():
+    rng = np.random.default_rng(0)
+    true_logits = rng.normal(size=(4000, 5)) * 2
+    labels = np.array([rng.choice(5, p=p) for p in softmax(true_logits)])
+    fitted = fit_temperature(true_logits * 3.0, labels)  # over-confident by 3×
+    assert fitted == pytest.approx(3.0, rel=0.1)
+
+
+def test_evaluate_cli_writes_metrics_and_plots(tiny_checkpoint, tmp_path):
+    data = tmp_path / "few"
+    for folder in (LUNG5 / "test").iterdir():
+        (data / folder.name).mkdir(parents=True)
+        for path in sorted(folder.iterdir())[:2]:
+            (data / folder.name / path.name).write_bytes(path.read_bytes())
+    (data / "manifest.csv").write_text((LUNG5 / "manifest.csv").read_text().replace("test/", ""))
+    evaluate.main(["--model", str(tiny_checkpoint), "--data", str(data), "--out", str(tmp_path / "o")])
+    metrics = json.loads((tmp_path / "o" / "metrics.json").read_text())
+    for key in ("accuracy", "macro_f1", "macro_auroc", "bacterial_vs_viral_auroc", "per_source"):
+        assert key in metrics
+    for key in ("ece", "brier", "confusion_matrix", "per_class"):
+        assert key in metrics["calibrated"] and key in metrics["uncalibrated"]
+    assert set(metrics["calibrated"]["per_class"]["COVID-19"]) >= {"sensitivity", "specificity",
+                                                                   "ppv", "auroc"}
+    assert sum(s["n"] for s in metrics["per_source"].values()) == 10
+    for plot in ("confusion_matrix.png", "roc_curves.png", "reliability.png"):
+        assert (tmp_path / "o" / plot).stat().st_size > 5000

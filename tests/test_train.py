@@ -1,0 +1,131 @@
+"""The two-stage recipe, the data layer and the saved checkpoint, on a few real images."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+from model import train as training
+from model.config import CLASS_FOLDERS, ModelConfig
+from model.data import XrayDataset, class_index_of, load_splits, scan_class_folders
+from model.imageio import load_image
+from model.network import create_network
+from model.predictor import Predictor
+from model.transforms import build_transform
+from tests.conftest import lung5_images
+
+# Folder spellings from other public copies of these datasets.
+VARIANT_FOLDERS = ["BACTERIAL PNEUMONIA", "covid-19", "NORMAL", "Tuberculosis", "viral_pneumonia"]
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory):
+    """train/val folders with 3 + 2 real images per class, odd folder names, one broken file."""
+    root = tmp_path_factory.mktemp("data")
+    for split, count in (("train", 3), ("val", 2)):
+        sources = lung5_images(split, per_class=count)
+        for k, folder in enumerate(VARIANT_FOLDERS):
+            target = root / split / folder
+            target.mkdir(parents=True)
+            for path in sources[k * count : (k + 1) * count]:
+                shutil.copy(path, target / path.name)
+    (root / "train" / "NORMAL" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
+    return root
+
+
+def _args(data, out, *extra):
+    return training.parse_args(
+        ["--data", str(data), "--out", str(out), "--image-size", "64", "--batch-size", "4",
+         "--workers", "0", "--head-epochs", "1", "--epochs", "1", *extra]
+    )
+
+
+@pytest.mark.parametrize(("name", "index"), [("NORMAL", 2), ("Corona Virus Disease", 1),
+                                             ("covid-19", 1), ("viral_pneumonia", 4),
+                                             ("Bacterial Pneumonia", 0), ("TB", 3), ("cats", None)])
+def test_class_folder_spellings(name, index):
+    assert class_index_of(name) == index
+
+
+def test_missing_and_empty_classes_are_named(tmp_path):
+    for folder in CLASS_FOLDERS[:4]:
+        (tmp_path / folder).mkdir()
+    with pytest.raises(ValueError, match="lacks class folders: Viral Pneumonia"):
+        scan_class_folders(tmp_path)
+    (tmp_path / "Viral Pneumonia").mkdir()
+    with pytest.raises(ValueError, match="holds no images"):
+        scan_class_folders(tmp_path)
+
+
+def test_unreadable_images_are_skipped_and_counted(tiny_data):
+    records = scan_class_folders(tiny_data / "train")
+    dataset = XrayDataset(records, build_transform(ModelConfig(input_size=(3, 64, 64))))
+    assert len(dataset) == len(records) - 1 == 15
+    assert dataset.skipped and dataset.skipped[0].endswith("broken.png")
+
+
+def test_single_folder_gets_a_patient_grouped_split(tiny_data):
+    splits = load_splits(tiny_data / "train", seed=3)
+    patients = [{r.patient_id for r in splits[name]} for name in ("train", "val", "test")]
+    assert sum(len(splits[name]) for name in splits) == 16
+    assert not (patients[0] & patients[1]) and not (patients[0] & patients[2])
+
+
+def _one_step(model, stage, args, data_root):
+    records = scan_class_folders(data_root / "train")[:4]
+    loader = DataLoader(XrayDataset(records, build_transform(ModelConfig(input_size=(3, 64, 64)))),
+                        batch_size=4)
+    params = training.set_stage(model, stage)
+    optimizer, scheduler = training.make_optimizer(params, stage, args, steps=1)
+    training.train_one_epoch(model, loader, stage, optimizer, scheduler,
+                             torch.nn.CrossEntropyLoss(), torch.device("cpu"), amp=False)
+    return optimizer
+
+
+def test_stage1_adam_moves_only_the_head(tiny_data, tmp_path):
+    model = create_network(ModelConfig(input_size=(3, 64, 64)))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    optimizer = _one_step(model, "head", _args(tiny_data, tmp_path), tiny_data)
+    assert type(optimizer) is torch.optim.Adam
+    after = model.state_dict()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed == {"classifier.weight", "classifier.bias"}  # BN statistics untouched too
+
+
+def test_stage2_adamw_with_weight_decay_moves_the_backbone(tiny_data, tmp_path):
+    model = create_network(ModelConfig(input_size=(3, 64, 64)))
+    before = model.features.conv0.weight.detach().clone()
+    optimizer = _one_step(model, "full", _args(tiny_data, tmp_path, "--weight-decay", "0.02"),
+                          tiny_data)
+    assert type(optimizer) is torch.optim.AdamW
+    assert optimizer.param_groups[0]["weight_decay"] == 0.02
+    assert optimizer.param_groups[0]["initial_lr"] == 1e-4
+    assert not torch.equal(before, model.features.conv0.weight)
+
+
+def test_training_run_saves_a_calibrated_checkpoint_the_app_loads(tiny_data, tmp_path):
+    best = training.train(_args(tiny_data, tmp_path / "run", "--version", "smoke"))
+    lines = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").open()]
+    assert [line["stage"] for line in lines] == ["head", "full"]
+    config = json.loads((best / "config.json").read_text())
+    assert config["lungcam"]["trained"] and config["lungcam"]["version"] == "smoke"
+    assert config["lungcam"]["temperature"] > 0
+    predictor = Predictor.load(str(best), "cpu")
+    prediction = predictor.predict(load_image(lung5_images()[0]))
+    assert prediction.probabilities.shape == (5,)
+    assert np.isclose(prediction.probabilities.sum(), 1.0)
+
+    resumed = _args(tiny_data, tmp_path / "run", "--resume", "--epochs", "2")
+    training.train(resumed)
+    lines = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").open()]
+    assert [(line["stage"], line["epoch"]) for line in lines] == [
+        ("head", 1), ("full", 1), ("full", 2)]
+
+
+def test_pretrained_without_hub_stops_with_a_clear_message(tiny_data, tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(SystemExit, match="could not fetch ImageNet weights"):
+        training.main(["--data", str(tiny_data), "--out", str(tmp_path), "--pretrained"])
