@@ -1,14 +1,19 @@
-"""Benchmark: bare forward vs predict + all five Grad-CAMs vs pytorch-grad-cam's loop.
+"""Benchmark: bare forward vs predict + all five Grad-CAMs vs pytorch-grad-cam's and captum's loops.
 
 All figures come from one process on the same input, timed in interleaved rounds and
-reported as medians, so the ratios hold on a noisy machine.
+reported as medians, so the ratios hold on a noisy machine. On CUDA the predictor (and the
+bare forward it is compared with) use channels_last, and bf16 autocast with ``--bf16``; the
+two libraries run as they ship, in float32. ``--check-amp`` compares bf16 outputs with float32
+ones on the bundled examples.
 
-    python bench/run.py [--model PATH] [--size 224] [--rounds 15] [--json FILE]
+    python bench/run.py [--model PATH] [--size 224] [--batch 1] [--rounds 15] [--device cuda]
+                        [--bf16 | --fp32] [--compile] [--check-amp] [--skip-libraries] [--json FILE]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import platform
 import statistics
@@ -22,13 +27,16 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from captum.attr import LayerGradCam
 from pytorch_grad_cam import GradCAM
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
 from model.config import ModelConfig
-from model.imageio import LoadedImage
+from model.imageio import LoadedImage, load_image
 from model.network import create_network
 from model.predictor import Predictor
+
+CONTENDERS = ("bare_forward_ms", "predict_all_cams_ms", "pytorch_grad_cam_5_ms", "captum_5_ms")
 
 
 def time_ms(fn: Callable[[], object], sync: Callable[[], None]) -> float:
@@ -39,73 +47,142 @@ def time_ms(fn: Callable[[], object], sync: Callable[[], None]) -> float:
     return (time.perf_counter() - start) * 1000
 
 
-def measure(predictor: Predictor, rounds: int, warmup: int = 3) -> dict[str, float]:
-    """Median ms of each contender over ``rounds`` interleaved rounds."""
+def hardware(device: torch.device) -> str:
+    """The device in words, for the tables in docs/BENCHMARKS.md."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
+
+
+def measure(
+    predictor: Predictor, rounds: int, batch_size: int = 1, libraries: bool = True, warmup: int = 3
+) -> dict[str, float]:
+    """Median ms per call of each contender on a batch of ``batch_size``, interleaved rounds."""
     height, width = predictor.config.image_size
     rng = np.random.default_rng(0)
-    image = LoadedImage(rng.integers(0, 256, (height, width), dtype=np.uint8), "bench", "L")
-    batch = predictor.preprocess(image.pixels)[None].to(predictor.device)
+    images = [
+        LoadedImage(rng.integers(0, 256, (height, width), dtype=np.uint8), "bench", "L")
+        for _ in range(batch_size)
+    ]
+    batch = torch.stack([predictor.preprocess(im.pixels) for im in images])
+    batch = batch.to(predictor.device, memory_format=predictor.memory_format)
     model = predictor.model
+    num_classes = predictor.config.num_classes
     sync = torch.cuda.synchronize if predictor.device.type == "cuda" else (lambda: None)
-    layer = model.get_submodule(predictor.config.target_layer)
-    grad_cam = GradCAM(model, [layer])
+    amp_dtype = predictor.cam.autocast_dtype
 
     def bare() -> None:
-        with torch.inference_mode():
+        amp = torch.autocast(
+            batch.device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None
+        )
+        with torch.inference_mode(), amp:
             model(batch)
 
     def ours() -> None:
-        prediction = predictor.predict(image)
-        for k in range(predictor.config.num_classes):
-            prediction.heatmap(k, (width, height))
+        for prediction in predictor.predict_many(images):
+            for k in range(num_classes):
+                prediction.heatmap(k, (width, height))
 
-    def library_loop() -> None:
-        for k in range(predictor.config.num_classes):
-            grad_cam(batch, [ClassifierOutputTarget(k)])
-
-    contenders = {
+    contenders: dict[str, Callable[[], None]] = {
         "bare_forward_ms": bare,
         "predict_all_cams_ms": ours,
-        "pytorch_grad_cam_5_ms": library_loop,
     }
-    samples: dict[str, list[float]] = {name: [] for name in contenders}
-    for round_index in range(warmup + rounds):
-        for name, fn in contenders.items():
-            elapsed = time_ms(fn, sync)
-            if round_index >= warmup:
-                samples[name].append(elapsed)
-    grad_cam.activations_and_grads.release()
+    with contextlib.ExitStack() as stack:
+        if libraries:
+            layer = model.get_submodule(predictor.config.target_layer)
+            grad_cam = stack.enter_context(GradCAM(model, [layer]))
+            captum_cam = LayerGradCam(model, layer)
+
+            def grad_cam_loop() -> None:
+                for k in range(num_classes):
+                    grad_cam(batch, [ClassifierOutputTarget(k)] * batch_size)
+
+            def captum_loop() -> None:
+                for k in range(num_classes):
+                    captum_cam.attribute(batch, target=k, relu_attributions=True).detach().cpu()
+
+            contenders["pytorch_grad_cam_5_ms"] = grad_cam_loop
+            contenders["captum_5_ms"] = captum_loop
+        samples: dict[str, list[float]] = {name: [] for name in contenders}
+        for round_index in range(warmup + rounds):
+            for name, fn in contenders.items():
+                elapsed = time_ms(fn, sync)
+                if round_index >= warmup:
+                    samples[name].append(elapsed)
     result = {name: round(statistics.median(values), 2) for name, values in samples.items()}
-    result["ratio"] = round(result["predict_all_cams_ms"] / result["bare_forward_ms"], 3)
-    result["pytorch_grad_cam_ratio"] = round(
-        result["pytorch_grad_cam_5_ms"] / result["bare_forward_ms"], 3
-    )
+    for name in contenders:
+        if name != "bare_forward_ms":
+            result[name.replace("_ms", "_ratio")] = round(
+                result[name] / result["bare_forward_ms"], 3
+            )
+    result["ours_images_per_s"] = round(batch_size * 1000 / result["predict_all_cams_ms"], 2)
+    result["batch_size"] = batch_size
     return result
+
+
+def amp_agreement(spec: str | None, device: str, folder: Path) -> dict[str, float]:
+    """Autocast vs float32 on the same device, on the bundled examples: how far apart?"""
+    images = [load_image(p) for p in sorted(folder.glob("*.jpg"))]
+    fast = Predictor.load(spec, device, amp=True).predict_many(images)
+    exact = Predictor.load(spec, device, amp=False).predict_many(images)
+    pairs = list(zip(fast, exact, strict=True))
+    correlations = [
+        np.corrcoef(a.raw_cams[k].ravel(), b.raw_cams[k].ravel())[0, 1]
+        for a, b in pairs
+        for k in range(len(a.label_names))
+        if b.raw_cams[k].std() > 0 and a.raw_cams[k].std() > 0
+    ]
+    return {
+        "images": len(images),
+        "max_abs_probability_diff": float(
+            max(np.abs(a.probabilities - b.probabilities).max() for a, b in pairs)
+        ),
+        "top_label_agreement": float(np.mean([a.top_index == b.top_index for a, b in pairs])),
+        "min_cam_correlation": float(min(correlations)),
+        "median_cam_correlation": float(np.median(correlations)),
+    }
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", help="checkpoint (default: random weights at --size)")
     parser.add_argument("--size", type=int, default=224)
+    parser.add_argument("--batch", type=int, default=1, help="images per call")
     parser.add_argument("--rounds", type=int, default=15)
     parser.add_argument("--device", default=None)
+    precision = parser.add_mutually_exclusive_group()
+    precision.add_argument("--bf16", action="store_true", help="bf16 autocast on the trunk")
+    precision.add_argument("--fp32", action="store_true", help="float32 (the default)")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the trunk")
+    parser.add_argument("--skip-libraries", action="store_true", help="ours and bare only")
+    parser.add_argument("--check-amp", action="store_true", help="autocast vs fp32 outputs")
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args(argv)
+    if args.check_amp:
+        examples = Path(__file__).resolve().parent.parent / "assets" / "examples"
+        print(json.dumps(amp_agreement(args.model, args.device or "cuda", examples), indent=2))
+        return
+    options = {"amp": args.bf16, "compile": args.compile}
     if args.model:
-        predictor = Predictor.load(args.model, args.device)
+        predictor = Predictor.load(args.model, args.device, **options)
     else:
         config = ModelConfig(input_size=(3, args.size, args.size))
-        predictor = Predictor(create_network(config), config, torch.device(args.device or "cpu"))
-    result = measure(predictor, args.rounds)
-    hardware = (
-        torch.cuda.get_device_name()
-        if predictor.device.type == "cuda"
-        else f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
+        device = torch.device(args.device or "cpu")
+        predictor = Predictor(create_network(config), config, device, **options)
+    result = measure(predictor, args.rounds, args.batch, libraries=not args.skip_libraries)
+    precision = str(predictor.cam.autocast_dtype or torch.float32).removeprefix("torch.")
+    result["device"] = f"{predictor.device} ({hardware(predictor.device)})"
+    result["precision"] = precision + (" + compile" if args.compile else "")
+    print(
+        f"device: {result['device']}; input {predictor.config.image_size}, "
+        f"batch {args.batch}, trunk {result['precision']}"
     )
-    print(f"device: {predictor.device} ({hardware}); input {predictor.config.image_size}, batch 1")
     print(f"{'contender':<28}{'median ms':>12}{'× bare forward':>16}")
-    for name in ("bare_forward_ms", "predict_all_cams_ms", "pytorch_grad_cam_5_ms"):
-        print(f"{name:<28}{result[name]:>12.1f}{result[name] / result['bare_forward_ms']:>16.2f}")
+    for name in CONTENDERS:
+        if name in result:
+            ratio = result[name] / result["bare_forward_ms"]
+            print(f"{name:<28}{result[name]:>12.1f}{ratio:>16.2f}")
+    print(f"predict + all CAMs: {result['ours_images_per_s']:.1f} images/s")
     if args.json:
         args.json.write_text(json.dumps(result, indent=2) + "\n")
 

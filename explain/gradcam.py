@@ -5,7 +5,8 @@ For a target layer near the output most of that work is repeated: the class only
 the gradient, and the gradient of a logit with respect to the last dense block flows only
 through the small head (norm5 → global pool → linear). So the trunk runs once without
 autograd, its output is repeated once per class, and one backward through the head gives
-every class's gradient. ``bench/run.py`` measures the saving; ``tests/test_gradcam.py``
+every class's gradient. On a GPU the trunk may run under bf16 autocast; the head and its
+gradients stay in float32. ``bench/run.py`` measures the saving; ``tests/test_gradcam.py``
 checks the maps equal pytorch-grad-cam's to 1e-4.
 """
 
@@ -30,15 +31,30 @@ class AllClassGradCAM:
         heat = normalise_cam(maps[0, 2], (W, H))  # class 2 for image 0, in [0, 1]
     """
 
-    def __init__(self, model: nn.Module, target_layer: str = DEFAULT_TARGET_LAYER) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        target_layer: str = DEFAULT_TARGET_LAYER,
+        autocast_dtype: torch.dtype | None = None,
+    ) -> None:
         self.model = model
         self.target_layer = target_layer
+        self.autocast_dtype = autocast_dtype  # e.g. torch.bfloat16 on CUDA: trunk only
         self.trunk, self.tail = split_at(model, target_layer)
 
-    def __call__(self, batch: torch.Tensor) -> tuple[torch.Tensor, np.ndarray]:
+    def __call__(
+        self, batch: torch.Tensor, return_pooled: bool = False
+    ) -> tuple[torch.Tensor, np.ndarray] | tuple[torch.Tensor, np.ndarray, torch.Tensor]:
+        """``(logits, maps)``, plus the pooled pre-logit features ``(B, C)`` if ``return_pooled``
+        (the not-a-chest-X-ray guard's input), taken from the same trunk forward."""
         if self.model.training:
             raise RuntimeError("AllClassGradCAM needs the model in eval mode (BatchNorm)")
-        with torch.inference_mode():
+        amp = torch.autocast(
+            batch.device.type,
+            dtype=self.autocast_dtype or torch.bfloat16,
+            enabled=self.autocast_dtype is not None,
+        )
+        with torch.inference_mode(), amp:
             activations = self.trunk(batch)
         activations = activations.clone().float()  # a normal tensor, usable by autograd
         n_images = activations.shape[0]
@@ -52,7 +68,11 @@ class AllClassGradCAM:
         maps = torch.relu(torch.einsum("nc,nchw->nhw", weights, repeated.detach()))
         height, width = maps.shape[-2:]
         maps = maps.view(n_images, n_classes, height, width)
-        return logits[:, 0].detach(), maps.cpu().numpy()
+        if not return_pooled:
+            return logits[:, 0].detach(), maps.cpu().numpy()
+        with torch.inference_mode():  # norm5 + pooling again on B (not B×K) maps: negligible
+            pooled = self.model.forward_head(self.tail.features(activations), pre_logits=True)
+        return logits[:, 0].detach(), maps.cpu().numpy(), pooled.float()
 
 
 def normalise_cam(raw: np.ndarray, size: tuple[int, int]) -> np.ndarray:

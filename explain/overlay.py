@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import cv2
 import numpy as np
 
@@ -23,12 +25,67 @@ def colorize(heatmap: np.ndarray, colormap: str = "jet") -> np.ndarray:
 
 
 def overlay(
-    gray: np.ndarray, heatmap: np.ndarray, opacity: float = 0.45, colormap: str = "jet"
+    gray: np.ndarray,
+    heatmap: np.ndarray,
+    opacity: float = 0.45,
+    colormap: str = "jet",
+    contour: bool = False,
 ) -> np.ndarray:
-    """Blend a [0, 1] heatmap over a grayscale image of the same size → RGB uint8."""
+    """Blend a [0, 1] heatmap over a grayscale image of the same size → RGB uint8.
+
+    ``contour`` outlines the top-10 % activation region (see ``draw_contour``).
+    """
     if gray.shape[:2] != heatmap.shape[:2]:
         raise ValueError(f"image {gray.shape[:2]} and heatmap {heatmap.shape[:2]} differ in size")
     if not 0.0 <= opacity <= 1.0:
         raise ValueError(f"opacity must be in [0, 1]; got {opacity}")
     base = cv2.cvtColor(gray, cv2.COLOR_GRAY2RGB)
-    return cv2.addWeighted(colorize(heatmap, colormap), opacity, base, 1.0 - opacity, 0.0)
+    blended = cv2.addWeighted(colorize(heatmap, colormap), opacity, base, 1.0 - opacity, 0.0)
+    return draw_contour(blended, heatmap) if contour else blended
+
+
+def top_region(heatmap: np.ndarray, fraction: float = 0.1) -> np.ndarray:
+    """Boolean mask of the ``fraction`` of pixels with the highest activation."""
+    if not 0.0 < fraction < 1.0:
+        raise ValueError(f"fraction must be in (0, 1); got {fraction}")
+    threshold = np.quantile(heatmap, 1.0 - fraction)
+    return (heatmap >= threshold) & (heatmap > 0)
+
+
+def draw_contour(
+    rgb: np.ndarray,
+    heatmap: np.ndarray,
+    fraction: float = 0.1,
+    color: tuple[int, int, int] = (255, 255, 255),
+) -> np.ndarray:
+    """Outline the top-``fraction`` activation region of ``heatmap`` on a copy of ``rgb``."""
+    if rgb.shape[:2] != heatmap.shape[:2]:
+        raise ValueError(f"image {rgb.shape[:2]} and heatmap {heatmap.shape[:2]} differ in size")
+    mask = np.uint8(top_region(heatmap, fraction)) * 255
+    contours, _ = cv2.findContours(mask, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    thickness = max(1, round(max(rgb.shape[:2]) / 256))
+    return cv2.drawContours(rgb.copy(), contours, -1, color, thickness)
+
+
+def save_png(array: np.ndarray, path: str | Path) -> Path:
+    """Write a grayscale (H, W) or RGB (H, W, 3) uint8 array, or a [0, 1] float map, as PNG."""
+    if array.dtype != np.uint8:
+        array = np.uint8(np.round(np.clip(array, 0.0, 1.0) * 255))
+    if array.ndim == 3:
+        array = cv2.cvtColor(array, cv2.COLOR_RGB2BGR)
+    path = Path(path)
+    if not cv2.imwrite(str(path), array):
+        raise OSError(f"could not write PNG to {path}")
+    return path
+
+
+def export_pngs(
+    heatmap: np.ndarray, blended: np.ndarray, folder: str | Path, stem: str = "lungcam"
+) -> tuple[Path, Path]:
+    """Save the heatmap (8-bit gray, 255 = 1.0) and the overlay (RGB) as PNGs in ``folder``."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    return (
+        save_png(heatmap, folder / f"{stem}-heatmap.png"),
+        save_png(blended, folder / f"{stem}-overlay.png"),
+    )

@@ -80,9 +80,16 @@ def evaluate(
         for source in sources:
             mask = np.array([r.source == source for r in kept])
             part = classification_metrics(labels[mask], calibrated[mask], names)
+            # Sensitivity per class present: macro-F1 over absent classes would mislead.
+            present = {n: c for n, c in part["per_class"].items() if c["support"]}
             result["per_source"][source] = {
-                key: part[key] for key in ("n", "accuracy", "macro_f1", "macro_auroc", "ece")
-            } | {"classes": {n: c["support"] for n, c in part["per_class"].items() if c["support"]}}
+                key: part[key] for key in ("n", "accuracy", "macro_auroc", "ece")
+            } | {
+                "classes": {
+                    n: {"n": c["support"], "sensitivity": c["sensitivity"]}
+                    for n, c in present.items()
+                }
+            }
     return result, labels, calibrated
 
 

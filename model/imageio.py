@@ -18,6 +18,9 @@ MIN_SIDE = 64
 MAX_PIXELS = 50_000_000  # decompression-bomb guard (50 MP)
 MAX_FILE_BYTES = 100 * 1024 * 1024
 DICOM_MAGIC = b"DICM"
+DICOM_SUFFIXES = (".dcm", ".dicom")
+GRAY_MODES = frozenset({"1", "L", "LA", "La", "I", "I;16", "I;16L", "I;16B", "I;16N", "F"})
+SATURATION_SIDE = 128  # saturation is measured on a thumbnail of at most this side
 
 
 class ImageInputError(ValueError):
@@ -33,6 +36,7 @@ class LoadedImage:
     original_mode: str
     notes: list[str] = field(default_factory=list)  # warnings worth showing to the user
     metadata: dict[str, str] = field(default_factory=dict)  # never patient identifiers
+    saturation: float = 0.0  # mean colour saturation of the upload before the gray conversion
 
     @property
     def size(self) -> tuple[int, int]:
@@ -41,17 +45,27 @@ class LoadedImage:
 
 
 def load_image(source: str | Path | bytes) -> LoadedImage:
-    """Decode a PNG/JPEG/TIFF/BMP/WebP/GIF or DICOM file (path or bytes) to 8-bit grayscale."""
+    """Decode a PNG/JPEG/TIFF/BMP/WebP/GIF or DICOM file (path or bytes) to 8-bit grayscale.
+
+    The content decides the decoder, not the name: a DICOM preamble means DICOM, then
+    anything PIL recognises; a ``.dcm`` name only matters for DICOM files without a preamble.
+    """
     data = _read_bytes(source)
     name = Path(source).name if isinstance(source, (str, Path)) else "upload"
     if not data:
         raise ImageInputError(f"{name}: the file is empty (0 bytes)")
-    if _looks_like_dicom(data, name):
-        from model.dicom import read_dicom
-
-        loaded = read_dicom(data, name)
+    if data[128:132] == DICOM_MAGIC:
+        loaded = _read_dicom(data, name)
     else:
-        loaded = _read_pil(data, name)
+        try:
+            loaded = _read_pil(data, name)
+        except _NotAnImage:
+            if not name.lower().endswith(DICOM_SUFFIXES):
+                raise ImageInputError(
+                    f"{name}: not a readable image; upload a PNG, JPEG, TIFF, BMP, WebP, GIF "
+                    "or DICOM file"
+                ) from None
+            loaded = _read_dicom(data, name)
     _check_size(loaded.pixels, name)
     return loaded
 
@@ -62,6 +76,8 @@ def to_grayscale_uint8(image: Image.Image) -> np.ndarray:
     mode = image.mode
     if mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):
         return rescale_to_uint8(np.asarray(image))
+    if mode == "LAB":  # PIL cannot convert LAB; its L channel is the lightness
+        return np.asarray(image.getchannel("L"), dtype=np.uint8)
     if mode in ("RGBA", "LA", "PA") or (mode == "P" and "transparency" in image.info):
         rgba = image.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (0, 0, 0, 255))
@@ -72,12 +88,29 @@ def to_grayscale_uint8(image: Image.Image) -> np.ndarray:
 
 
 def rescale_to_uint8(values: np.ndarray) -> np.ndarray:
-    """Linearly map the array's own min..max to 0..255 (a constant image becomes 0)."""
+    """Linearly map the array's own min..max to 0..255 (a constant image becomes 0).
+
+    Non-finite values (NaN, ±inf in float TIFFs) are ignored for the range and drawn black.
+    """
     values = values.astype(np.float64)
-    low, high = float(np.min(values)), float(np.max(values))
+    finite = np.isfinite(values)
+    if not finite.any():
+        return np.zeros(values.shape, dtype=np.uint8)
+    low, high = float(np.min(values[finite])), float(np.max(values[finite]))
     if high <= low:
         return np.zeros(values.shape, dtype=np.uint8)
+    values = np.where(finite, values, low)
     return np.round((values - low) * (255.0 / (high - low))).astype(np.uint8)
+
+
+def saturation(rgb: np.ndarray) -> float:
+    """Mean chroma (max − min channel, as a fraction of 255) of an (H, W, 3) uint8 array.
+
+    A radiograph stored as RGB scores about 0; colour photos score 0.1 or more. The
+    not-a-chest-X-ray guard (``model.ood``) uses it, since the pixels themselves are gray.
+    """
+    channels = rgb.astype(np.int16)
+    return float(np.mean(channels.max(axis=-1) - channels.min(axis=-1)) / 255.0)
 
 
 def _read_bytes(source: str | Path | bytes) -> bytes:
@@ -98,8 +131,22 @@ def _read_bytes(source: str | Path | bytes) -> bytes:
     return data
 
 
-def _looks_like_dicom(data: bytes, name: str) -> bool:
-    return data[128:132] == DICOM_MAGIC or name.lower().endswith((".dcm", ".dicom"))
+class _NotAnImage(Exception):
+    """PIL does not recognise the bytes as any image format."""
+
+
+def _read_dicom(data: bytes, name: str) -> LoadedImage:
+    from model.dicom import read_dicom  # pydicom is imported only when a DICOM arrives
+
+    return read_dicom(data, name)
+
+
+def _colour_saturation(image: Image.Image) -> float:
+    if image.mode in GRAY_MODES or image.mode == "LAB":
+        return 0.0
+    thumb = image.copy()
+    thumb.thumbnail((SATURATION_SIDE, SATURATION_SIDE))
+    return saturation(np.asarray(thumb.convert("RGB")))
 
 
 def _read_pil(data: bytes, name: str) -> LoadedImage:
@@ -120,18 +167,18 @@ def _read_pil(data: bytes, name: str) -> LoadedImage:
             original_mode = image.mode
             image = ImageOps.exif_transpose(image)
             pixels = to_grayscale_uint8(image)
+            colour = _colour_saturation(image)
     except ImageInputError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
         raise ImageInputError(f"{name}: refused as a decompression bomb ({err})") from err
     except UnidentifiedImageError as err:
-        raise ImageInputError(
-            f"{name}: not a readable image; upload a PNG, JPEG, TIFF, BMP, WebP, GIF or DICOM file"
-        ) from err
+        raise _NotAnImage(name) from err
     except (OSError, SyntaxError, ValueError, EOFError) as err:
         raise ImageInputError(f"{name}: the image is truncated or corrupt ({err})") from err
     notes = [f"{fmt} has {frames} frames; the first one is analysed"] if frames > 1 else []
-    return LoadedImage(pixels, fmt, original_mode, notes, {"format": fmt, "mode": original_mode})
+    metadata = {"format": fmt, "mode": original_mode}
+    return LoadedImage(pixels, fmt, original_mode, notes, metadata, saturation=colour)
 
 
 def _check_size(pixels: np.ndarray, name: str) -> None:

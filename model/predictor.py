@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +20,7 @@ from model.checkpoint import load_checkpoint
 from model.config import ModelConfig
 from model.imageio import LoadedImage
 from model.network import create_network
+from model.ood import OODCheck, assess, load_feature_stats
 from model.transforms import build_transform, to_tensor
 
 BUNDLED_MODEL = Path(__file__).resolve().parent.parent / "assets" / "model"
@@ -54,6 +55,8 @@ class Prediction:
     logits: np.ndarray  # (K,)
     raw_cams: np.ndarray  # (K, h, w) at feature-map resolution, before normalisation
     image: LoadedImage
+    features: np.ndarray | None = None  # (D,) pooled pre-logit features of the same forward
+    ood: OODCheck = field(default_factory=OODCheck)  # the not-a-chest-X-ray guard's verdict
 
     @property
     def top_index(self) -> int:
@@ -76,18 +79,57 @@ class Prediction:
         return normalise_cam(self.raw_cams[class_index], size or self.image.size)
 
 
-class Predictor:
-    """A loaded model plus its preprocessing; thread-safe for inference."""
+def pick_autocast(device: torch.device, amp: bool | None = None) -> torch.dtype | None:
+    """The trunk's autocast dtype when ``amp`` is true: bf16 (fp16 on CUDA without bf16).
 
-    def __init__(self, model: nn.Module, config: ModelConfig, device: torch.device) -> None:
-        self.model = model.to(device).eval()
+    ``None`` (automatic) means float32 everywhere: on an H100 at batch 1 and 8, bf16 autocast
+    made DenseNet201 slower, not faster (docs/BENCHMARKS.md), and on CPUs it usually is too.
+    """
+    if not amp:
+        return None
+    if device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        return torch.float16
+    return torch.bfloat16
+
+
+class Predictor:
+    """A loaded model plus its preprocessing; thread-safe for inference.
+
+    On CUDA the weights and inputs are channels_last; ``amp=True`` runs the trunk under bf16
+    autocast (off by default, see ``pick_autocast``); ``compile=True`` wraps the trunk in
+    ``torch.compile``.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        config: ModelConfig,
+        device: torch.device,
+        *,
+        amp: bool | None = None,
+        compile: bool = False,
+    ) -> None:
+        self.memory_format = (
+            torch.channels_last if device.type == "cuda" else torch.contiguous_format
+        )
+        self.model = model.to(device, memory_format=self.memory_format).eval()
         self.config = config
         self.device = device
         self.transform = build_transform(config, train=False)
-        self.cam = AllClassGradCAM(self.model, config.target_layer)
+        self.ood_stats = load_feature_stats(config.ood)  # None until `model.ood fit`
+        self.cam = AllClassGradCAM(self.model, config.target_layer, pick_autocast(device, amp))
+        if compile:
+            self.cam.trunk = torch.compile(self.cam.trunk)
 
     @classmethod
-    def load(cls, spec: str | None = None, device: str | None = None) -> Predictor:
+    def load(
+        cls,
+        spec: str | None = None,
+        device: str | None = None,
+        *,
+        amp: bool | None = None,
+        compile: bool = False,
+    ) -> Predictor:
         """Load ``spec`` (see ``resolve_model_spec``); untrained weights if there is none."""
         target = pick_device(device)
         resolved = resolve_model_spec(spec)
@@ -97,7 +139,7 @@ class Predictor:
             model = create_network(config)
         else:
             model, config = load_checkpoint(resolved, target)
-        return cls(model, config, target)
+        return cls(model, config, target, amp=amp, compile=compile)
 
     @property
     def description(self) -> str:
@@ -113,11 +155,21 @@ class Predictor:
 
     def predict_many(self, images: Sequence[LoadedImage]) -> list[Prediction]:
         """Batch of decoded images → one ``Prediction`` each, from a single batched forward."""
-        batch = torch.stack([self.preprocess(im.pixels) for im in images]).to(self.device)
-        logits, maps = self.cam(batch)
+        batch = torch.stack([self.preprocess(im.pixels) for im in images])
+        batch = batch.to(self.device, memory_format=self.memory_format)
+        logits, maps, pooled = self.cam(batch, return_pooled=True)
         logits_np = logits.cpu().numpy()
+        features = pooled.cpu().numpy()
         probabilities = torch.softmax(logits / self.config.temperature, dim=1).cpu().numpy()
         return [
-            Prediction(self.config.label_names, probabilities[i], logits_np[i], maps[i], im)
+            Prediction(
+                self.config.label_names,
+                probabilities[i],
+                logits_np[i],
+                maps[i],
+                im,
+                features[i],
+                assess(im, features[i], self.ood_stats),
+            )
             for i, im in enumerate(images)
         ]

@@ -53,7 +53,8 @@ def test_evaluate_cli_writes_metrics_and_plots(tiny_checkpoint, tmp_path):
         for path in sorted(folder.iterdir())[:2]:
             (data / folder.name / path.name).write_bytes(path.read_bytes())
     (data / "manifest.csv").write_text((LUNG5 / "manifest.csv").read_text().replace("test/", ""))
-    evaluate.main(["--model", str(tiny_checkpoint), "--data", str(data), "--out", str(tmp_path / "o")])
+    out = tmp_path / "o"
+    evaluate.main(["--model", str(tiny_checkpoint), "--data", str(data), "--out", str(out)])
     metrics = json.loads((tmp_path / "o" / "metrics.json").read_text())
     for key in ("accuracy", "macro_f1", "macro_auroc", "bacterial_vs_viral_auroc", "per_source"):
         assert key in metrics
@@ -62,5 +63,8 @@ def test_evaluate_cli_writes_metrics_and_plots(tiny_checkpoint, tmp_path):
     assert set(metrics["calibrated"]["per_class"]["COVID-19"]) >= {"sensitivity", "specificity",
                                                                    "ppv", "auroc"}
     assert sum(s["n"] for s in metrics["per_source"].values()) == 10
+    for source in metrics["per_source"].values():  # only the classes the source has
+        assert sum(c["n"] for c in source["classes"].values()) == source["n"]
+        assert all(0 <= c["sensitivity"] <= 1 for c in source["classes"].values())
     for plot in ("confusion_matrix.png", "roc_curves.png", "reliability.png"):
         assert (tmp_path / "o" / plot).stat().st_size > 5000

@@ -1,0 +1,308 @@
+"""Serving benchmark: the real app on loopback, called through ``gradio_client``.
+
+Measures, for one 2048×2048 PNG upload (a lung5 radiograph scaled up):
+- cold start: ``python app.py`` process start → first prediction returned to the client;
+- end-to-end latency p50/p95 of sequential ``/predict`` calls;
+- where a request's server time goes, timed in-process on the same file with the same
+  functions the handler calls (decode, preprocess, model, overlay, PNG encode through
+  Gradio's own cache writer); the rest of the end-to-end time is upload, queue and transport;
+- throughput with 1, 4 and 8 concurrent clients;
+- peak resident memory of the server (psutil samples every 50 ms, and Linux's VmHWM).
+
+    python bench/serve.py [--model PATH] [--requests 20] [--clients 1 4 8] [--per-client 4]
+                          [--max-batch-size 8] [--json FILE]
+
+Without ``--model`` (and no bundled model) a random-weight 224 px DenseNet201 is used: the
+same work as the trained one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import psutil
+import torch
+from gradio_client import Client, handle_file
+from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from gradio import processing_utils
+
+from explain.gradcam import normalise_cam
+from explain.overlay import overlay
+from model.checkpoint import save_checkpoint
+from model.config import CLASS_FOLDERS, ModelConfig
+from model.imageio import load_image
+from model.network import create_network
+from model.predictor import Predictor, resolve_model_spec
+
+REPO = Path(__file__).resolve().parent.parent
+LUNG5 = Path(os.environ.get("LUNGCAM_DATA", REPO.parent / "shared" / "data" / "lung5"))
+
+
+def make_uploads(folder: Path, count: int, side: int | None = 2048) -> list[Path]:
+    """``count`` PNG copies of a lung5 test radiograph (scaled to ``side``², or as it is).
+
+    The copies differ in one 4×4 corner, so their overlays differ too: Gradio writes outputs
+    to a path named by their content, and concurrent requests with byte-identical overlays
+    rewrite the same file while another client downloads it (a truncated download).
+    """
+    source = sorted((LUNG5 / "test" / CLASS_FOLDERS[3]).iterdir())[0]
+    image = Image.open(source).convert("L")
+    if side:
+        image = image.resize((side, side), Image.Resampling.BICUBIC)
+    paths = []
+    for index in range(count):
+        pixels = np.array(image)
+        pixels[:4, :4] = 10 * (index + 1) % 256
+        paths.append(folder / f"radiograph-{pixels.shape[1]}-{index}.png")
+        Image.fromarray(pixels).save(paths[-1])
+    return paths
+
+
+def model_for_bench(requested: str | None, folder: Path) -> str:
+    """The checkpoint to serve: ``requested``, the bundled model, else random 224 px weights."""
+    spec = resolve_model_spec(requested)
+    if spec is not None:
+        return spec
+    torch.manual_seed(0)
+    config = ModelConfig(version="random-bench")
+    return str(save_checkpoint(create_network(config), config, folder / "random224"))
+
+
+def percentile(values: list[float], q: float) -> float:
+    return float(np.percentile(np.asarray(values), q))
+
+
+@dataclass
+class Server:
+    """A running ``app.py`` and its memory samples."""
+
+    process: subprocess.Popen
+    url: str
+    rss_samples: list[int] = field(default_factory=list)
+
+    def rss(self) -> int:
+        """Resident bytes of the server and its children now."""
+        proc = psutil.Process(self.process.pid)
+        return sum(p.memory_info().rss for p in [proc, *proc.children(recursive=True)])
+
+    def peak_rss_hwm(self) -> int | None:
+        """Linux's high-water mark of the server process (VmHWM), when readable."""
+        status = Path(f"/proc/{self.process.pid}/status")
+        if not status.is_file():
+            return None
+        for line in status.read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+        return None
+
+
+def ask(client: Client, upload: Path) -> dict:
+    """One ``/predict`` call, as the README shows it."""
+    label, _, _, _ = client.predict(handle_file(str(upload)), 0.45, "jet", api_name="/predict")
+    return label
+
+
+@contextmanager
+def serve(
+    model: str, data: Path, upload: Path, *extra: str, timeout: float = 300.0
+) -> Iterator[tuple[Server, float]]:
+    """Start the app; yield (server, seconds from process start to first prediction served)."""
+    port = free_port()
+    log = (data / "server.log").open("w")
+    start = time.perf_counter()
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "app.py",
+            "--model",
+            model,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            *extra,
+        ],
+        cwd=REPO,
+        env={**os.environ, "LUNGCAM_DATA_DIR": str(data), "GRADIO_TEMP_DIR": ""},
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    server = Server(process, f"http://127.0.0.1:{port}/")
+    stop = threading.Event()
+
+    def sample() -> None:
+        while not stop.is_set():
+            try:
+                server.rss_samples.append(server.rss())
+            except psutil.Error:
+                return
+            stop.wait(0.05)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    try:
+        deadline = start + timeout
+        while True:
+            if process.poll() is not None:
+                raise RuntimeError(f"app exited early; see {log.name}")
+            try:
+                ask(Client(server.url, verbose=False), upload)
+                break
+            except Exception:  # not listening yet
+                if time.perf_counter() > deadline:
+                    raise
+                time.sleep(0.1)
+        yield server, time.perf_counter() - start
+    finally:
+        stop.set()
+        sampler.join()
+        process.terminate()
+        process.wait(timeout=30)
+        log.close()
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def latency(url: str, upload: Path, requests: int) -> list[float]:
+    """Seconds per sequential ``/predict`` call from one client."""
+    client = Client(url, verbose=False)
+    ask(client, upload)  # warm-up
+    times = []
+    for _ in range(requests):
+        start = time.perf_counter()
+        ask(client, upload)
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def throughput(url: str, uploads: list[Path], clients: int, per_client: int) -> float:
+    """Requests per second with ``clients`` concurrent clients (client i sends ``uploads[i]``)."""
+    pool_clients = [Client(url, verbose=False) for _ in range(clients)]
+
+    def work(index: int) -> None:
+        for _ in range(per_client):
+            ask(pool_clients[index], uploads[index])
+
+    start = time.perf_counter()
+    with ThreadPoolExecutor(clients) as pool:
+        list(pool.map(work, range(clients)))
+    return clients * per_client / (time.perf_counter() - start)
+
+
+def components(model: str, upload: Path, rounds: int, cache: Path) -> dict[str, float]:
+    """Median ms of each server-side step of one request, in-process, same functions as app.py."""
+    predictor = Predictor.load(model, "cpu")
+    steps: dict[str, Callable[[dict], object]] = {
+        "decode_ms": lambda s: s.update(image=load_image(upload)),
+        "preprocess_ms": lambda s: s.update(batch=predictor.preprocess(s["image"].pixels)[None]),
+        "model_ms": lambda s: s.update(out=predictor.cam(s["batch"])),
+        "overlay_ms": lambda s: s.update(rgb=overlay(s["image"].pixels, _heatmap(s), 0.45, "jet")),
+        "encode_png_ms": lambda s: processing_utils.save_img_array_to_cache(
+            s["rgb"], str(cache), format="png"
+        ),
+    }
+    samples: dict[str, list[float]] = {name: [] for name in steps}
+    for round_index in range(rounds + 1):
+        state: dict = {}
+        for name, step in steps.items():
+            start = time.perf_counter()
+            step(state)
+            if round_index:  # the first round warms up
+                samples[name].append((time.perf_counter() - start) * 1000)
+    result = {name: round(statistics.median(v), 1) for name, v in samples.items()}
+    outside = sum(v for k, v in result.items() if k != "model_ms")
+    result["outside_model_ms"] = round(outside, 1)
+    result["outside_share_of_model"] = round(outside / result["model_ms"], 3)
+    for fmt in ("jpeg", "webp"):  # what gr.Image(format=...) would cost instead of PNG
+        encode = [
+            time_ms(
+                lambda f=fmt: processing_utils.save_img_array_to_cache(
+                    state["rgb"], str(cache), format=f
+                )
+            )
+            for _ in range(rounds)
+        ]
+        result[f"alternative_encode_{fmt}_ms"] = round(statistics.median(encode), 1)
+    return result
+
+
+def time_ms(fn: Callable[[], object]) -> float:
+    start = time.perf_counter()
+    fn()
+    return (time.perf_counter() - start) * 1000
+
+
+def _heatmap(state: dict) -> np.ndarray:
+    """The top class's heatmap at image size, as ``Prediction.heatmap`` computes it."""
+    logits, maps = state["out"]
+    return normalise_cam(maps[0, int(torch.argmax(logits[0]))], state["image"].size)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--model", help="checkpoint (default: bundled, else random 224 px)")
+    parser.add_argument("--requests", type=int, default=20, help="sequential latency calls")
+    parser.add_argument("--clients", type=int, nargs="+", default=[1, 4, 8])
+    parser.add_argument("--per-client", type=int, default=4, help="calls per client")
+    parser.add_argument("--rounds", type=int, default=10, help="in-process component rounds")
+    parser.add_argument("--max-batch-size", type=int, default=8)
+    parser.add_argument("--json", type=Path, help="also write the results here")
+    args = parser.parse_args(argv)
+    with tempfile.TemporaryDirectory(prefix="lungcam-bench-") as tmp:
+        folder = Path(tmp)
+        uploads = make_uploads(folder, max(args.clients))
+        upload = uploads[0]
+        model = model_for_bench(args.model, folder)
+        result: dict[str, object] = {
+            "hardware": f"{platform.machine()}, {os.cpu_count()} cores",
+            "model": model if args.model else Path(model).name,
+            "upload_bytes": upload.stat().st_size,
+        }
+        batch_flag = ("--max-batch-size", str(args.max_batch_size), "--device", "cpu")
+        with serve(model, folder, upload, *batch_flag) as (server, cold):
+            result["cold_start_s"] = round(cold, 2)
+            result["rss_mb_after_first_request"] = round(server.rss() / 2**20, 1)
+            times = latency(server.url, upload, args.requests)
+            result["latency_p50_ms"] = round(1000 * percentile(times, 50), 1)
+            result["latency_p95_ms"] = round(1000 * percentile(times, 95), 1)
+            result["throughput_rps"] = {
+                str(n): round(throughput(server.url, uploads, n, args.per_client), 3)
+                for n in args.clients
+            }
+            result["peak_rss_mb_sampled"] = round(max(server.rss_samples) / 2**20, 1)
+            hwm = server.peak_rss_hwm()
+            result["peak_rss_mb_vmhwm"] = round(hwm / 2**20, 1) if hwm else None
+        result["components"] = components(model, upload, args.rounds, folder / "cache")
+        steps = result["components"]
+        server_ms = steps["model_ms"] + steps["outside_model_ms"]
+        result["transport_and_queue_ms"] = round(result["latency_p50_ms"] - server_ms, 1)
+    print(json.dumps(result, indent=2))
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,81 @@
+"""Contrastive maps: why class A rather than class B?
+
+For the classes the model confuses (bacterial vs viral pneumonia vs COVID-19) the plain map
+of A often looks like the map of B. Two ways to show what separates them:
+
+- ``"difference"``: the difference of the two classes' raw Grad-CAMs, ``relu(cam_A − cam_B)``,
+  from the all-class maps the predictor already computed (free).
+- ``"FinerCAM"``: pytorch-grad-cam's ``FinerCAM`` (Zhang et al., CVPR 2025) with B as the only
+  comparison class: Grad-CAM of the target ``logit_A − logit_B`` (one forward + backward).
+
+``DEFAULT_CONTRASTIVE`` was chosen by measurement (ROAD on the probability margin
+P(A) − P(B), bundled model, lung5 test images); the numbers and command are in
+docs/EXPLAINABILITY.md and ``bench/faithfulness.py --contrastive`` reproduces them.
+
+Example::
+
+    heat = contrast(predictor, prediction, "COVID-19", "Viral Pneumonia")
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from pytorch_grad_cam import FinerCAM
+from pytorch_grad_cam.utils.model_targets import FinerWeightedTarget
+
+from explain.gradcam import normalise_cam
+from explain.methods import private_model, to_image_size
+from model.predictor import Prediction, Predictor
+
+CONFUSABLE: tuple[str, ...] = ("Bacterial Pneumonia", "Viral Pneumonia", "COVID-19")
+CONTRASTIVE_METHODS: tuple[str, ...] = ("difference", "FinerCAM")
+DEFAULT_CONTRASTIVE = "difference"
+
+
+class ProbabilityMargin:
+    """Target ``P(A) − P(B)``: what a "why A rather than B" map should explain."""
+
+    def __init__(self, class_a: int, class_b: int) -> None:
+        self.class_a, self.class_b = class_a, class_b
+
+    def __call__(self, model_output: torch.Tensor) -> torch.Tensor:
+        probabilities = torch.softmax(model_output, dim=-1)
+        return probabilities[..., self.class_a] - probabilities[..., self.class_b]
+
+
+def class_pair(predictor: Predictor, class_a: str, class_b: str) -> tuple[int, int]:
+    """Indices of two different class names, or a ``ValueError`` naming the valid ones."""
+    labels = predictor.config.label_names
+    for name in (class_a, class_b):
+        if name not in labels:
+            raise ValueError(f"unknown class {name!r}; choose one of {labels}")
+    if class_a == class_b:
+        raise ValueError(f"a contrast needs two different classes; got {class_a!r} twice")
+    return labels.index(class_a), labels.index(class_b)
+
+
+def contrast(
+    predictor: Predictor,
+    prediction: Prediction,
+    class_a: str,
+    class_b: str,
+    method: str = DEFAULT_CONTRASTIVE,
+) -> np.ndarray:
+    """Where the image speaks for ``class_a`` rather than ``class_b``: (H, W) map in [0, 1]."""
+    index_a, index_b = class_pair(predictor, class_a, class_b)
+    if method == "difference":
+        raw = prediction.raw_cams
+        return normalise_cam(np.maximum(raw[index_a] - raw[index_b], 0.0), prediction.image.size)
+    if method != "FinerCAM":
+        raise ValueError(
+            f"unknown contrastive method {method!r}; choose one of {CONTRASTIVE_METHODS}"
+        )
+    batch = predictor.preprocess(prediction.image.pixels)[None].to(predictor.device)
+    with private_model(predictor) as model:
+        cam = FinerCAM(model, [model.get_submodule(predictor.config.target_layer)])
+        try:
+            maps = cam(batch, [FinerWeightedTarget(index_a, [index_b], alpha=1.0)])
+        finally:
+            cam.base_cam.activations_and_grads.release()
+    return to_image_size(maps[0], prediction.image.size)

@@ -1,0 +1,179 @@
+"""Batch prediction: many chest X-rays → a CSV of calibrated probabilities + Grad-CAM overlays.
+
+    python -m model.predict INPUTS... --out DIR [--model PATH] [--batch-size 8]
+
+INPUTS are files (any format ``load_image`` reads: PNG, JPEG, DICOM …), folders (searched
+recursively for .png/.jpg/.jpeg/.dcm/.dicom) and glob patterns (quoted, e.g. ``'scans/*.dcm'``).
+Writes ``DIR/predictions.csv`` (one row per input, in input order; unreadable files get
+``status=error`` and the reason) and ``DIR/overlays/<name>.png`` (the top class's heatmap at the
+image's own resolution). Exit status: 0 when every input was predicted, 1 when some failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import glob
+import sys
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from PIL import Image
+from tqdm import tqdm
+
+from explain.overlay import COLORMAPS, overlay
+from model.imageio import ImageInputError, LoadedImage, load_image
+from model.predictor import Prediction, Predictor
+
+IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".dcm", ".dicom"})
+CSV_NAME = "predictions.csv"
+OVERLAY_DIR = "overlays"
+
+
+@dataclass
+class Row:
+    """One input's outcome: a prediction and its overlay, or the reason it failed."""
+
+    path: Path
+    prediction: Prediction | None = None
+    overlay: Path | None = None
+    error: str = ""
+
+
+def expand_inputs(inputs: Iterable[str]) -> list[Path]:
+    """Files, folders (recursive, image suffixes only) and globs → unique files, in order.
+
+    Raises ``FileNotFoundError`` naming an input that matches nothing.
+    """
+    found: list[Path] = []
+    for spec in inputs:
+        path = Path(spec)
+        if path.is_dir():
+            found += sorted(
+                p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
+            )
+        elif path.exists():
+            found.append(path)
+        elif glob.has_magic(spec):
+            matches = sorted(Path(p) for p in glob.glob(spec, recursive=True))
+            if not matches:
+                raise FileNotFoundError(f"the pattern {spec!r} matches no files")
+            found += [p for p in matches if p.is_file()]
+        else:
+            raise FileNotFoundError(f"{spec!r} is not a file, folder or glob pattern that exists")
+    return list(dict.fromkeys(found))
+
+
+def decoded_batches(
+    paths: Sequence[Path], batch_size: int, failed: list[Row]
+) -> Iterator[list[tuple[Path, LoadedImage]]]:
+    """Decode ``paths`` lazily into batches; unreadable files go to ``failed`` instead."""
+    batch: list[tuple[Path, LoadedImage]] = []
+    for path in paths:
+        try:
+            batch.append((path, load_image(path)))
+        except (ImageInputError, OSError) as err:
+            failed.append(Row(path, error=str(err)))
+        if len(batch) == batch_size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def overlay_name(path: Path, taken: set[str]) -> str:
+    """``<stem>.png``, with ``-2``, ``-3`` … when two inputs share a stem."""
+    name, n = f"{path.stem}.png", 1
+    while name in taken:
+        n += 1
+        name = f"{path.stem}-{n}.png"
+    taken.add(name)
+    return name
+
+
+def predict_files(
+    predictor: Predictor,
+    paths: Sequence[Path],
+    out: Path,
+    batch_size: int = 8,
+    opacity: float = 0.45,
+    colormap: str = "jet",
+    progress: bool = True,
+) -> list[Row]:
+    """Predict every file in batches and write overlays under ``out``; one ``Row`` per path."""
+    (out / OVERLAY_DIR).mkdir(parents=True, exist_ok=True)
+    rows: dict[Path, Row] = {}
+    failed: list[Row] = []
+    taken: set[str] = set()
+    with tqdm(total=len(paths), unit="img", disable=not progress) as bar:
+        for batch in decoded_batches(paths, batch_size, failed):
+            predictions = predictor.predict_many([image for _, image in batch])
+            for (path, image), prediction in zip(batch, predictions, strict=True):
+                target = out / OVERLAY_DIR / overlay_name(path, taken)
+                heat = prediction.heatmap(prediction.top_index)
+                Image.fromarray(overlay(image.pixels, heat, opacity, colormap)).save(target)
+                rows[path] = Row(path, prediction, target)
+            bar.update(len(rows) + len(failed) - bar.n)
+        rows.update({row.path: row for row in failed})
+        bar.update(len(rows) - bar.n)
+    return [rows[path] for path in paths]
+
+
+def write_csv(rows: Sequence[Row], labels: Sequence[str], target: Path) -> None:
+    """One line per input: path, status, top label, each class's calibrated probability."""
+    with target.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["path", "status", "top_label", *labels, "overlay", "error"])
+        for row in rows:
+            if row.prediction is None:
+                writer.writerow([row.path, "error", "", *[""] * len(labels), "", row.error])
+                continue
+            probabilities = [f"{p:.6f}" for p in row.prediction.probabilities]
+            writer.writerow(
+                [row.path, "ok", row.prediction.top_label, *probabilities, row.overlay, ""]
+            )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("inputs", nargs="+", help="image files, folders or glob patterns")
+    parser.add_argument("--out", type=Path, required=True, help="output folder")
+    parser.add_argument("--model", help="checkpoint (default: $LUNGCAM_MODEL, else bundled)")
+    parser.add_argument("--device", help="cpu or cuda (default: cuda when available)")
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--opacity", type=float, default=0.45)
+    parser.add_argument("--colormap", choices=sorted(COLORMAPS), default="jet")
+    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    args = parser.parse_args(argv)
+    if args.batch_size < 1:
+        parser.error(f"--batch-size must be at least 1; got {args.batch_size}")
+    try:
+        paths = expand_inputs(args.inputs)
+    except FileNotFoundError as err:
+        parser.error(str(err))
+    if not paths:
+        parser.error(f"no image files found in {args.inputs}")
+    predictor = Predictor.load(args.model, args.device)
+    rows = predict_files(
+        predictor,
+        paths,
+        args.out,
+        args.batch_size,
+        args.opacity,
+        args.colormap,
+        progress=not args.no_progress,
+    )
+    write_csv(rows, predictor.config.label_names, args.out / CSV_NAME)
+    failed = [row for row in rows if row.prediction is None]
+    print(
+        f"{len(rows) - len(failed)} of {len(rows)} images predicted with "
+        f"{predictor.description}; results in {args.out / CSV_NAME}"
+    )
+    for row in failed:
+        print(f"  failed: {row.path}: {row.error}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

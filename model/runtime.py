@@ -1,0 +1,62 @@
+"""Where the app may write, and how requests reach the model (laptop, GPU server, Space).
+
+- ``configure_storage``: everything the server writes goes under one folder,
+  ``$LUNGCAM_DATA_DIR`` (default ``./data``); Gradio's upload cache is pointed there too.
+- ``make_predict``: one image → ``Prediction``. Normally through a ``MicroBatcher`` so that
+  concurrent requests share forwards; on a Hugging Face ZeroGPU Space (the ``spaces`` package
+  is importable) through ``spaces.GPU`` instead, which attaches a GPU per call.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+from model.batching import MicroBatcher
+from model.imageio import LoadedImage
+from model.predictor import Prediction, Predictor
+
+DATA_ENV = "LUNGCAM_DATA_DIR"
+DEFAULT_DATA_DIR = "data"
+
+
+def data_dir() -> Path:
+    """The one folder the server writes to (created if missing)."""
+    folder = Path(os.environ.get(DATA_ENV) or DEFAULT_DATA_DIR).resolve()
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def configure_storage() -> Path:
+    """Point Gradio's caches into ``data_dir()`` unless set (non-empty); returns the data folder.
+
+    Call before building the Blocks: Gradio reads ``GRADIO_TEMP_DIR`` when it creates them.
+    """
+    folder = data_dir()
+    defaults = {
+        "GRADIO_TEMP_DIR": folder / "gradio",
+        "GRADIO_EXAMPLES_CACHE": folder / "gradio" / "cached_examples",
+    }
+    for name, default in defaults.items():
+        os.environ[name] = os.environ.get(name) or str(default)
+    return folder
+
+
+def on_spaces_gpu() -> bool:
+    """Whether the Hugging Face ``spaces`` package (ZeroGPU's ``spaces.GPU``) is importable."""
+    return importlib.util.find_spec("spaces") is not None
+
+
+def make_predict(
+    predictor: Predictor, max_batch_size: int = 8
+) -> Callable[[LoadedImage], Prediction]:
+    """The app's model call: micro-batched, or wrapped in ``spaces.GPU`` on a ZeroGPU Space."""
+    if on_spaces_gpu():
+        import spaces
+
+        return spaces.GPU(predictor.predict)
+    if max_batch_size == 1:
+        return predictor.predict
+    return MicroBatcher(predictor.predict_many, max_batch_size).submit

@@ -1,0 +1,160 @@
+"""Exports of reviews: a one-page PDF per case (fpdf2) and CSV of the History tab's rows.
+
+Both are written under ``<data dir>/exports`` so the app writes nowhere else.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+from collections.abc import Iterable
+from pathlib import Path
+
+import matplotlib
+import numpy as np
+from fpdf import FPDF
+from PIL import Image
+
+from review.store import ROW_COLUMNS, Review
+
+# DejaVu ships with matplotlib (a runtime dependency), so Unicode notes render everywhere.
+FONT_DIR = Path(matplotlib.get_data_path()) / "fonts" / "ttf"
+FONT = "DejaVu"
+PAGE_WIDTH_MM = 210
+MARGIN_MM = 15
+CSV_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def write_case_report(
+    path: str | Path,
+    review: Review,
+    image: np.ndarray,
+    overlay: np.ndarray,
+    disclaimer: str,
+) -> Path:
+    """One-page PDF: the image, its heatmap overlay, the probabilities, the review, the model.
+
+    ``image`` is (H, W) uint8 grayscale, ``overlay`` (H, W, 3) uint8 RGB (the class the
+    reviewer saw); ``disclaimer`` is Markdown (``**bold**`` is kept).
+    """
+    pdf = FPDF(format="A4", unit="mm")
+    pdf.set_margins(MARGIN_MM, MARGIN_MM, MARGIN_MM)
+    pdf.set_auto_page_break(auto=True, margin=MARGIN_MM)
+    pdf.add_font(FONT, "", FONT_DIR / "DejaVuSans.ttf")
+    pdf.add_font(FONT, "B", FONT_DIR / "DejaVuSans-Bold.ttf")
+    pdf.add_page()
+    width = PAGE_WIDTH_MM - 2 * MARGIN_MM
+
+    pdf.set_font(FONT, "B", 16)
+    pdf.cell(width, 9, "LungCAM case review", new_x="LMARGIN", new_y="NEXT")
+    pdf.set_font(FONT, "", 8.5)
+    pdf.multi_cell(width, 4.5, disclaimer, markdown=True, new_x="LMARGIN", new_y="NEXT")
+    pdf.ln(3)
+
+    side = (width - 6) / 2
+    top = pdf.get_y()
+    captions = ("Original (grayscale)", f"{review.cam_method} for {review.shown_class}")
+    for column, (picture, caption) in enumerate(zip((image, overlay), captions, strict=True)):
+        x = MARGIN_MM + column * (side + 6)
+        pdf.set_xy(x, top)
+        pdf.set_font(FONT, "B", 9)
+        pdf.cell(side, 5, caption)
+        pdf.image(_fit(picture), x=x, y=top + 6, w=side, h=side, keep_aspect_ratio=True)
+    pdf.set_xy(MARGIN_MM, top + side + 9)
+
+    _heading(pdf, "Calibrated probabilities")
+    bar_width = width - 70
+    for label, probability in review.probabilities.items():
+        pdf.set_font(FONT, "B" if label == review.predicted_class else "", 9)
+        pdf.cell(50, 5.5, label)
+        pdf.cell(20, 5.5, f"{probability:.1%}", align="R")
+        y = pdf.get_y() + 1.2
+        pdf.set_fill_color(225, 225, 225)
+        pdf.rect(pdf.get_x() + 3, y, bar_width - 3, 3, style="F")
+        pdf.set_fill_color(40, 90, 170)
+        pdf.rect(pdf.get_x() + 3, y, (bar_width - 3) * probability, 3, style="F")
+        pdf.ln(5.5)
+
+    _heading(pdf, "Review")
+    verdict = "agrees with the model" if review.agrees else f"disagrees: {review.correct_class}"
+    row = review.as_row()
+    facts = [
+        ("Reviewer", review.reviewer),
+        ("Time (UTC)", row["created_at_utc"]),
+        ("Verdict", f"{verdict} (model: {review.predicted_class})"),
+        ("Heatmap usefulness", f"{review.heatmap_usefulness} / 5"),
+        ("Heatmap looks at the wrong place", "yes" if review.heatmap_wrong_place else "no"),
+        ("Note", review.note or "-"),
+    ]
+    _facts(pdf, facts, width)
+
+    _heading(pdf, "Case and model")
+    _facts(
+        pdf,
+        [
+            ("Review id", review.review_id),
+            ("Image sha256", review.image_sha256),
+            ("Model", f"{review.model_name} · {review.model_version}"),
+            ("Checkpoint sha256", review.checkpoint_sha256 or "none (untrained weights)"),
+        ],
+        width,
+    )
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    pdf.output(str(out))
+    return out
+
+
+def reviews_csv(reviews: Iterable[Review]) -> str:
+    """CSV text of ``reviews`` (header = ``ROW_COLUMNS``).
+
+    Text cells that a spreadsheet would run as a formula get a leading apostrophe.
+    """
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=ROW_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    for review in reviews:
+        writer.writerow({key: _cell(value) for key, value in review.as_row().items()})
+    return buffer.getvalue()
+
+
+def write_reviews_csv(folder: str | Path, reviews: Iterable[Review]) -> Path:
+    """Write ``reviews_csv`` to ``folder/reviews-<content hash>.csv`` and return the path.
+
+    Naming by content means two users exporting at once never overwrite each other's file and
+    repeated identical exports reuse one file.
+    """
+    text = reviews_csv(reviews)
+    digest = hashlib.sha256(text.encode()).hexdigest()[:16]
+    out = Path(folder) / f"reviews-{digest}.csv"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(text, encoding="utf-8")
+    return out
+
+
+def _cell(value: object) -> object:
+    if isinstance(value, str) and value.startswith(CSV_FORMULA_START):
+        return "'" + value
+    return value
+
+
+def _fit(picture: np.ndarray, longest: int = 1024) -> Image.Image:
+    # Keep the PDF small: a 3000 px radiograph is downscaled for print.
+    image = Image.fromarray(picture)
+    image.thumbnail((longest, longest))
+    return image
+
+
+def _heading(pdf: FPDF, text: str) -> None:
+    pdf.ln(2)
+    pdf.set_font(FONT, "B", 11)
+    pdf.cell(0, 7, text, new_x="LMARGIN", new_y="NEXT")
+
+
+def _facts(pdf: FPDF, facts: list[tuple[str, str]], width: float) -> None:
+    for key, value in facts:
+        pdf.set_font(FONT, "B", 9)
+        pdf.cell(62, 5, key)
+        pdf.set_font(FONT, "", 9)
+        pdf.multi_cell(width - 62, 5, str(value), new_x="LMARGIN", new_y="NEXT")

@@ -1,0 +1,92 @@
+"""A real browser against the running app: Debian's Chromium driven by Playwright.
+
+No browser is downloaded (never ``playwright install``): Playwright launches
+``/usr/bin/chromium`` (``$LUNGCAM_CHROMIUM`` overrides) with a fresh profile. The screenshot
+lands in ``tests/artifacts/`` (git-ignored) for CI to keep.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+from playwright.sync_api import expect, sync_playwright
+
+from tests.conftest import REPO, start_app
+
+pytestmark = pytest.mark.slow
+
+CHROMIUM = os.environ.get("LUNGCAM_CHROMIUM", "/usr/bin/chromium")
+ARTIFACTS = REPO / "tests" / "artifacts"
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+TIMEOUT_MS = 120_000
+
+
+@pytest.fixture(scope="module")
+def browser_page(tmp_path_factory: pytest.TempPathFactory, tiny_checkpoint: Path):
+    """(page, data folder): a fresh Chromium profile on a freshly started app."""
+    if not (Path(CHROMIUM).is_file() or shutil.which(CHROMIUM)):
+        if os.environ.get("LUNGCAM_REQUIRE_ALL"):
+            pytest.fail(f"Chromium not found at {CHROMIUM}; install Debian's chromium package")
+        pytest.skip(f"Chromium not found at {CHROMIUM}")
+
+    data = tmp_path_factory.mktemp("data")
+    env = {"LUNGCAM_DATA_DIR": str(data), "GRADIO_TEMP_DIR": ""}  # "": the default, in data
+    process, url = start_app(tiny_checkpoint, env=env)
+    try:
+        with sync_playwright() as playwright:
+            context = playwright.chromium.launch_persistent_context(
+                str(tmp_path_factory.mktemp("profile")),
+                executable_path=CHROMIUM,
+                headless=True,
+                args=CHROMIUM_ARGS,
+                viewport={"width": 1280, "height": 1400},
+            )
+            context.set_default_timeout(TIMEOUT_MS)
+            page = context.new_page()
+            page.goto(url)
+            yield page, data
+            context.close()
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+def test_upload_shows_label_and_heatmap_and_switching_class_redraws(browser_page):
+    page, data = browser_page
+    example = sorted((REPO / "assets" / "examples").glob("*.jpg"))[0]
+    page.locator("input[type=file]").first.set_input_files(str(example))
+
+    label = page.get_by_test_id("label-output-value")
+    label.wait_for()
+    top = label.inner_text().strip()
+    labels = ["Bacterial Pneumonia", "COVID-19", "Normal", "Tuberculosis", "Viral Pneumonia"]
+    assert top in labels
+    heatmap = page.locator(".block", has=page.get_by_text("Grad-CAM overlay")).locator("img")
+    heatmap.first.wait_for()
+    first_src = heatmap.first.get_attribute("src")
+    assert f"file={data}" in first_src  # Gradio's cache lives in $LUNGCAM_DATA_DIR
+    size = heatmap.first.evaluate("img => [img.naturalWidth, img.naturalHeight]")
+    assert size == [224, 224]  # the example's own resolution, not the model's input
+
+    other = next(name for name in labels if name != top)
+    page.get_by_label("Heatmap for class").click()
+    page.get_by_role("option", name=other).click()
+    expect(heatmap.first).not_to_have_attribute("src", first_src, timeout=TIMEOUT_MS)
+    assert page.get_by_label("Heatmap for class").input_value() == other
+
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    shot = ARTIFACTS / "browser-analyze.png"
+    page.screenshot(path=str(shot), full_page=True)
+    assert shot.stat().st_size > 10_000

@@ -1,0 +1,158 @@
+"""The not-a-chest-X-ray guard: statistics, cheap checks, predictor wiring, and the CLI."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from model import ood
+from model.config import ModelConfig
+from model.imageio import LoadedImage
+from model.ood import OODCheck, assess, check_image, describe, fit_feature_stats
+from model.predictor import Predictor
+from tests.conftest import LUNG5, lung5_images
+
+
+def gray(width: int = 100, height: int = 100, saturation: float = 0.0) -> LoadedImage:
+    pixels = np.random.default_rng(0).integers(0, 256, (height, width), dtype=np.uint8)
+    return LoadedImage(pixels, "PNG", "L", saturation=saturation)
+
+
+@pytest.fixture(scope="module")
+def gaussian_stats():
+    """Two classes in 16-d with most variance in 4 directions; calibrated on fresh samples."""
+    rng = np.random.default_rng(0)
+    scale = np.r_[np.full(4, 3.0), np.full(12, 0.1)]
+
+    def sample(n: int) -> tuple[np.ndarray, np.ndarray]:
+        labels = rng.integers(0, 2, n)
+        return rng.normal(0, 1, (n, 16)) * scale + labels[:, None] * np.r_[
+            np.full(4, 2.0), np.zeros(12)
+        ], labels
+
+    train, labels = sample(4000)
+    calibration, _ = sample(4000)
+    stats = fit_feature_stats(train, labels, calibration, components=4, quantile=0.95)
+    return stats, sample
+
+
+def test_thresholds_flag_the_chosen_fraction_of_in_distribution(gaussian_stats):
+    stats, sample = gaussian_stats
+    fresh, _ = sample(4000)
+    distance, residual = stats.scores(fresh)
+    assert np.mean(distance > stats.distance_threshold) == pytest.approx(0.05, abs=0.015)
+    assert np.mean(residual > stats.residual_threshold) == pytest.approx(0.05, abs=0.015)
+
+
+def test_far_points_score_high_on_distance_and_residual(gaussian_stats):
+    stats, _ = gaussian_stats
+    inside_subspace = stats.mean + 50 * stats.basis[0]
+    off_subspace = stats.mean + np.r_[np.zeros(4), np.full(12, 2.0)]
+    distance, residual = stats.scores(np.stack([inside_subspace, off_subspace]))
+    assert distance[0] > 3 * stats.distance_threshold
+    assert residual[1] > 3 * stats.residual_threshold
+    assert residual[0] < stats.residual_threshold
+
+
+def test_stats_survive_the_config_json_round_trip(gaussian_stats, tmp_path):
+    stats, sample = gaussian_stats
+    config = ModelConfig(ood=stats.to_dict())
+    config.save(tmp_path / "config.json")
+    loaded = ood.load_feature_stats(ModelConfig.load(tmp_path / "config.json").ood)
+    points, _ = sample(50)
+    for before, after in zip(stats.scores(points), loaded.scores(points), strict=True):
+        np.testing.assert_allclose(before, after, rtol=1e-4)
+
+
+def test_incomplete_ood_section_is_a_clear_error():
+    with pytest.raises(ValueError, match="refit it"):
+        ood.load_feature_stats({"mean": [0.0]})
+
+
+@pytest.mark.parametrize(
+    ("image", "expected"),
+    [
+        (gray(), []),
+        (gray(saturation=0.2), ["colour"]),
+        (gray(400, 100), ["shape"]),
+        (gray(100, 300, saturation=0.3), ["colour", "shape"]),
+    ],
+)
+def test_cheap_checks(image, expected):
+    reasons = check_image(image)
+    assert len(reasons) == len(expected)
+    for reason, word in zip(reasons, expected, strict=True):
+        assert word in reason
+
+
+def test_assess_without_stats_uses_cheap_checks_only():
+    check = assess(gray(saturation=0.5), np.zeros(8), None)
+    assert check.warn and check.score is None and len(check.reasons) == 1
+
+
+def test_assess_with_stats_adds_the_feature_reason(gaussian_stats):
+    stats, _ = gaussian_stats
+    far = stats.mean + 50 * stats.basis[0]
+    check = assess(gray(), far, stats)
+    assert check.warn and check.score > 1 and "far from its training" in check.reasons[0]
+    near = assess(gray(), stats.mean + stats.class_means[0] @ stats.basis, stats)
+    assert not near.warn and near.score < 1
+
+
+def test_describe():
+    assert describe(OODCheck()) == ""
+    text = describe(OODCheck(["the upload is in colour"]))
+    assert text.startswith("This may not be a frontal chest X-ray") and "in colour" in text
+
+
+def test_predictor_returns_pooled_features_of_the_same_forward(tiny_checkpoint):
+    predictor = Predictor.load(str(tiny_checkpoint), "cpu")
+    image = gray(96, 80)
+    prediction = predictor.predict(image)
+    with torch.inference_mode():
+        batch = predictor.preprocess(image.pixels)[None]
+        expected = predictor.model.forward_head(
+            predictor.model.forward_features(batch), pre_logits=True
+        )[0].numpy()
+        logits = predictor.model(batch)[0].numpy()
+    assert prediction.features.shape == (1920,)
+    np.testing.assert_allclose(prediction.features, expected, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(prediction.logits, logits, rtol=1e-4, atol=1e-5)
+    assert prediction.ood.score is None  # the tiny checkpoint has no fitted statistics
+
+
+def test_non_chest_images_cover_every_kind():
+    kinds = [kind for kind, _ in ood.non_chest_images(per_kind=2)]
+    for wanted in ("skimage.page", "sklearn.sample", "generated.ct-slice", "generated.hand-xray"):
+        assert wanted in kinds
+    assert len(kinds) == 23 + 2 + 5 * 2
+
+
+def test_fit_then_measure_cli(tiny_checkpoint, tmp_path, capsys):
+    model = tmp_path / "model"
+    shutil.copytree(tiny_checkpoint, model)
+    weights = (model / "model.safetensors").read_bytes()
+    data = ["--model", str(model), "--data", str(LUNG5), "--max-per-class", "3"]
+    ood.main(["fit", *data, "--components", "8", "--batch-size", "8"])
+    section = json.loads((model / "config.json").read_text())["lungcam"]["ood"]
+    assert section["components"] == 8 and len(section["basis"]) == 8
+    assert section["fitted_on"]["train_images"] == 15
+    assert (model / "model.safetensors").read_bytes() == weights
+
+    predictor = Predictor.load(str(model), "cpu")
+    assert predictor.ood_stats is not None
+    assert predictor.predict(ood.as_upload(np.asarray(gray().pixels))).ood.score > 0
+
+    out = tmp_path / "measure.json"
+    ood.main(["measure", *data[:4], "--max-per-class", "1", "--json", str(out)])
+    result = json.loads(out.read_text())
+    assert result["chest_images"] == 5 and result["non_chest_images"] == 65
+    assert 0 <= result["chest_warn_rate"] <= 1 and 0 <= result["non_chest_warn_rate"] <= 1
+    # colour photos are caught by saturation whatever the weights: a floor that must hold
+    assert result["non_chest_warn_rate_by_source"]["generated.colour-noise"] == 1.0
+    assert len(lung5_images("test")) == 5
+    assert "chest_warn_rate" in capsys.readouterr().out

@@ -1,0 +1,148 @@
+"""The batch CLI: files, folders and globs → CSV of calibrated probabilities + overlays."""
+
+from __future__ import annotations
+
+import csv
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+from PIL import Image
+from pydicom.dataset import FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
+
+from model.imageio import load_image
+from model.predict import CSV_NAME, expand_inputs, main
+from model.predictor import Predictor
+from tests.conftest import REPO, lung5_images
+
+
+def write_dicom(target: Path, pixels: np.ndarray) -> Path:
+    """A minimal uncompressed MONOCHROME2 DX file (no patient data)."""
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = pydicom.Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID = meta.MediaStorageSOPClassUID
+    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+    ds.Modality = "DX"
+    ds.Rows, ds.Columns = pixels.shape
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.BitsAllocated = ds.BitsStored = 16
+    ds.HighBit = 15
+    ds.PixelRepresentation = 0
+    ds.PixelData = pixels.astype(np.uint16).tobytes()
+    ds.save_as(target, enforce_file_format=True)
+    return target
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A folder of two PNGs, a folder of JPEGs for a glob, one DICOM and one broken file."""
+    root = tmp_path_factory.mktemp("inputs")
+    images = lung5_images("test", per_class=1)
+    pngs = root / "pngs"
+    pngs.mkdir()
+    for i, source in enumerate(images[:2]):
+        Image.open(source).convert("L").save(pngs / f"scan{i}.png")
+    jpegs = root / "jpegs"
+    jpegs.mkdir()
+    for source in images[2:4]:
+        shutil.copy(source, jpegs / source.name)
+    rng = np.random.default_rng(0)
+    dicom = write_dicom(root / "study.dcm", rng.integers(0, 4096, (96, 80)))
+    broken = root / "broken.png"
+    broken.write_bytes(b"not an image at all")
+    return {"root": root, "pngs": pngs, "jpegs": jpegs, "dicom": dicom, "broken": broken}
+
+
+def read_rows(out: Path) -> list[dict[str, str]]:
+    with (out / CSV_NAME).open() as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_expand_inputs_takes_files_folders_and_globs_once_each(inputs):
+    found = expand_inputs(
+        [
+            str(inputs["pngs"]),
+            str(inputs["jpegs"] / "*.jpg"),
+            str(inputs["dicom"]),
+            str(inputs["pngs"] / "scan0.png"),  # already listed through its folder
+        ]
+    )
+    assert found == [
+        inputs["pngs"] / "scan0.png",
+        inputs["pngs"] / "scan1.png",
+        *sorted(inputs["jpegs"].glob("*.jpg")),
+        inputs["dicom"],
+    ]
+
+
+@pytest.mark.parametrize("spec", ["missing.png", "nowhere/*.png"])
+def test_expand_inputs_names_an_input_that_matches_nothing(tmp_path, spec):
+    with pytest.raises(FileNotFoundError, match=r"missing\.png|nowhere"):
+        expand_inputs([str(tmp_path / spec)])
+
+
+def test_cli_writes_probabilities_overlays_and_reports_bad_files(
+    inputs, tiny_checkpoint, tmp_path, capsys
+):
+    out = tmp_path / "out"
+    args = [str(inputs["pngs"]), str(inputs["broken"]), str(inputs["jpegs"] / "*.jpg")]
+    args += [str(inputs["dicom"]), "--out", str(out), "--model", str(tiny_checkpoint)]
+    status = main([*args, "--batch-size", "2", "--device", "cpu", "--no-progress"])
+
+    assert status == 1  # one input failed, the others still ran
+    rows = read_rows(out)
+    assert [Path(row["path"]).name for row in rows][:3] == ["scan0.png", "scan1.png", "broken.png"]
+    assert [row["status"] for row in rows] == ["ok", "ok", "error", "ok", "ok", "ok"]
+    assert "not a readable image" in rows[2]["error"]
+    predictor = Predictor.load(str(tiny_checkpoint), "cpu")
+    labels = predictor.config.label_names
+    for row in (r for r in rows if r["status"] == "ok"):
+        image = load_image(row["path"])
+        expected = predictor.predict(image).probabilities
+        got = np.array([float(row[label]) for label in labels])
+        np.testing.assert_allclose(got, expected, atol=2e-6)
+        assert row["top_label"] == labels[int(np.argmax(got))]
+        drawn = np.asarray(Image.open(row["overlay"]))
+        assert drawn.shape == (*image.pixels.shape, 3)
+    summary = capsys.readouterr()
+    assert "5 of 6 images predicted" in summary.out
+    assert "broken.png" in summary.err
+
+
+@pytest.mark.parametrize("batch_size", [1, 4])
+def test_results_do_not_depend_on_batch_size(inputs, tiny_checkpoint, tmp_path, batch_size):
+    out = tmp_path / f"b{batch_size}"
+    args = [str(inputs["root"]), "--out", str(out), "--model", str(tiny_checkpoint)]
+    assert main([*args, "--batch-size", str(batch_size), "--no-progress"]) == 1
+    reference = tmp_path / "b2"
+    main([*args[:2], str(reference), *args[3:], "--batch-size", "2", "--no-progress"])
+    assert read_rows(out) == [
+        {**row, "overlay": row["overlay"].replace(str(reference), str(out))}
+        for row in read_rows(reference)
+    ]
+
+
+def test_runs_as_a_module_and_exits_zero_when_all_succeed(inputs, tiny_checkpoint, tmp_path):
+    out = tmp_path / "module"
+    command = [sys.executable, "-m", "model.predict", str(inputs["pngs"]), "--out", str(out)]
+    result = subprocess.run(
+        [*command, "--model", str(tiny_checkpoint)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "2 of 2 images predicted" in result.stdout
+    assert "img" in result.stderr  # tqdm's progress bar
+    assert sorted(p.name for p in (out / "overlays").iterdir()) == ["scan0.png", "scan1.png"]

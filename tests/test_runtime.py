@@ -1,0 +1,70 @@
+"""Where the server writes, how a request reaches the model (batcher, plain, ZeroGPU), precision."""
+
+from __future__ import annotations
+
+import importlib.machinery
+import os
+import sys
+import types
+
+import numpy as np
+import pytest
+import torch
+
+from model.imageio import load_image
+from model.predictor import Predictor, pick_autocast
+from model.runtime import DATA_ENV, configure_storage, data_dir, make_predict
+from tests.conftest import lung5_images
+
+
+def test_data_dir_defaults_to_data_and_follows_the_environment(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv(DATA_ENV, raising=False)
+    assert data_dir() == tmp_path / "data" and (tmp_path / "data").is_dir()
+    monkeypatch.setenv(DATA_ENV, str(tmp_path / "elsewhere"))
+    assert data_dir() == tmp_path / "elsewhere"
+
+
+def test_gradio_cache_goes_into_the_data_dir_unless_set(tmp_path, monkeypatch):
+    monkeypatch.setattr(os, "environ", {DATA_ENV: str(tmp_path), "GRADIO_TEMP_DIR": ""})
+    assert configure_storage() == tmp_path
+    assert os.environ["GRADIO_TEMP_DIR"] == str(tmp_path / "gradio")
+    assert os.environ["GRADIO_EXAMPLES_CACHE"].startswith(str(tmp_path))
+    os.environ["GRADIO_TEMP_DIR"] = "/chosen/by/the/operator"
+    configure_storage()
+    assert os.environ["GRADIO_TEMP_DIR"] == "/chosen/by/the/operator"
+
+
+@pytest.fixture
+def predictor(tiny_checkpoint):
+    return Predictor.load(str(tiny_checkpoint), "cpu")
+
+
+@pytest.mark.parametrize(("max_batch_size", "kind"), [(1, "predict"), (8, "submit")])
+def test_make_predict_batches_unless_told_not_to(predictor, monkeypatch, max_batch_size, kind):
+    monkeypatch.setattr("model.runtime.on_spaces_gpu", lambda: False)
+    assert make_predict(predictor, max_batch_size).__name__ == kind
+
+
+def test_make_predict_uses_spaces_gpu_when_the_package_is_there(predictor, monkeypatch):
+    spaces = types.ModuleType("spaces")
+    spaces.__spec__ = importlib.machinery.ModuleSpec("spaces", None)
+    spaces.GPU = lambda fn: ("on-gpu", fn)
+    monkeypatch.setitem(sys.modules, "spaces", spaces)
+    assert make_predict(predictor) == ("on-gpu", predictor.predict)
+
+
+@pytest.mark.parametrize(("amp", "expected"), [(None, None), (False, None), (True, torch.bfloat16)])
+def test_autocast_is_off_unless_asked_for(amp, expected):
+    assert pick_autocast(torch.device("cpu"), amp) is expected
+
+
+def test_bf16_trunk_stays_close_to_float32(tiny_checkpoint):
+    images = [load_image(p) for p in lung5_images("test", per_class=1)]
+    exact = Predictor.load(str(tiny_checkpoint), "cpu").predict_many(images)
+    fast_predictor = Predictor.load(str(tiny_checkpoint), "cpu", amp=True)
+    assert fast_predictor.cam.autocast_dtype is torch.bfloat16
+    for a, b in zip(fast_predictor.predict_many(images), exact, strict=True):
+        np.testing.assert_allclose(a.probabilities, b.probabilities, atol=0.03)
+        correlation = np.corrcoef(a.raw_cams.ravel(), b.raw_cams.ravel())[0, 1]
+        assert correlation > 0.95
