@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from gradio_client import Client, handle_file
 
 from model.checkpoint import save_checkpoint
 from model.config import CLASS_FOLDERS, ModelConfig
@@ -97,8 +98,19 @@ def start_app(
 
 
 @pytest.fixture(scope="session")
-def app_url(tiny_checkpoint: Path) -> Iterator[str]:
-    process, url = start_app(tiny_checkpoint)
+def app_url(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    data = tmp_path_factory.mktemp("app-data")  # reviews and Gradio's cache stay out of the repo
+    process, url = start_app(tiny_checkpoint, env={"LUNGCAM_DATA_DIR": str(data)})
     yield url
     process.terminate()
     process.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def client(app_url: str) -> Client:
+    return Client(app_url, verbose=False)
+
+
+def predict_api(client: Client, path: Path) -> tuple:
+    """``/predict`` as the README shows it: (label, overlay path, shown class, notes)."""
+    return client.predict(handle_file(str(path)), 0.45, "jet", api_name="/predict")

@@ -4,27 +4,19 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from gradio_client import Client, handle_file
 from PIL import Image
 
 import app
 from model.imageio import load_image
 from model.predictor import Predictor
+from review.store import ReviewStore
+from tests.conftest import predict_api
 
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-def client(app_url):
-    return Client(app_url, verbose=False)
-
-
-def _predict(client, path):
-    return client.predict(handle_file(str(path)), 0.45, "jet", api_name="/predict")
-
-
 def test_predict_returns_five_confidences_and_a_full_size_overlay(client, real_image):
-    label, overlay_path, _, notes = _predict(client, real_image)
+    label, overlay_path, _, notes = predict_api(client, real_image)
     confidences = {c["label"]: c["confidence"] for c in label["confidences"]}
     assert set(confidences) == {
         "Bacterial Pneumonia",
@@ -45,13 +37,14 @@ def test_bad_file_is_an_error_and_the_server_keeps_serving(client, real_image, t
     junk = tmp_path / "notes.png"
     junk.write_bytes(b"this is not an image")
     with pytest.raises(Exception, match="not a readable image"):
-        _predict(client, junk)
-    label, _, _, _ = _predict(client, real_image)
+        predict_api(client, junk)
+    label, _, _, _ = predict_api(client, real_image)
     assert len(label["confidences"]) == 5
 
 
-def test_screen_shows_disclaimer_model_and_untrained_banner(tiny_checkpoint):
-    demo = app.build_demo(Predictor.load(str(tiny_checkpoint), "cpu"))
+def test_screen_shows_disclaimer_model_and_untrained_banner(tiny_checkpoint, tmp_path):
+    store = ReviewStore.open(tmp_path)
+    demo = app.build_demo(Predictor.load(str(tiny_checkpoint), "cpu"), store=store)
     text = " ".join(str(getattr(block, "value", "")) for block in demo.blocks.values())
     assert "not a diagnostic device" in text
     assert "UNTRAINED" in text

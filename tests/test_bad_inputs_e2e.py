@@ -7,21 +7,12 @@ import re
 
 import numpy as np
 import pytest
-from gradio_client import Client, handle_file
 from PIL import Image
 
 from tests.bad_inputs import PHI, make_dicom, ramp, write_bad_inputs
+from tests.conftest import predict_api
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def client(app_url):
-    return Client(app_url, verbose=False)
-
-
-def _predict(client, path):
-    return client.predict(handle_file(str(path)), 0.45, "jet", api_name="/predict")
 
 
 def test_every_bad_file_is_a_named_error_then_a_good_image_works(client, real_image, tmp_path):
@@ -29,11 +20,11 @@ def test_every_bad_file_is_a_named_error_then_a_good_image_works(client, real_im
     unexpected = {}
     for path, pattern in cases:
         with pytest.raises(Exception) as caught:  # gr.Error reaches the client as AppError
-            _predict(client, path)
+            predict_api(client, path)
         if not re.search(pattern, str(caught.value)):
             unexpected[path.name] = str(caught.value)
     assert unexpected == {}
-    label, _, _, notes = _predict(client, real_image)
+    label, _, _, notes = predict_api(client, real_image)
     assert len(label["confidences"]) == 5 and "512×512" in notes
 
 
@@ -42,7 +33,7 @@ def test_lateral_dicom_shows_tags_and_warning_but_no_phi(client, tmp_path):
     path.write_bytes(
         make_dicom(ramp(256, 200), ViewPosition="LL", WindowCenter=128, WindowWidth=256)
     )
-    label, _, _, notes = _predict(client, path)
+    label, _, _, notes = predict_api(client, path)
     assert len(label["confidences"]) == 5
     assert "DICOM" in notes and "Modality: DX" in notes and "ViewPosition: LL" in notes
     assert "lateral" in notes
@@ -55,6 +46,6 @@ def test_colour_photo_gets_the_not_a_chest_xray_warning(client, tmp_path):
     rgb[..., 0], rgb[..., 1] = 220, np.linspace(0, 255, 200).astype(np.uint8)
     path = tmp_path / "photo.png"
     Image.fromarray(rgb).save(path)
-    label, _, _, notes = _predict(client, path)
+    label, _, _, notes = predict_api(client, path)
     assert len(label["confidences"]) == 5
     assert "may not be a frontal chest X-ray" in notes and "colour" in notes

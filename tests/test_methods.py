@@ -8,7 +8,6 @@ import cv2
 import numpy as np
 import pytest
 import torch
-from gradio_client import Client, handle_file
 from PIL import Image
 from pytorch_grad_cam.base_cam import BaseCAM
 
@@ -32,7 +31,7 @@ from model.config import ModelConfig
 from model.imageio import load_image
 from model.network import create_network
 from model.predictor import Predictor
-from tests.conftest import lung5_images
+from tests.conftest import lung5_images, predict_api
 
 # Score-CAM needs one forward per channel: 1920 on denseblock4, 256 on denseblock1.
 FAST_LAYER_FOR = {"Score-CAM": "features.denseblock1"}
@@ -181,9 +180,8 @@ def test_views_side_by_side_contrast_and_pngs(tiny_checkpoint, image, tmp_path):
 
 
 @pytest.mark.slow
-def test_explain_endpoint_returns_the_overlay_and_two_pngs(app_url, real_image):
-    client = Client(app_url, verbose=False)
-    client.predict(handle_file(str(real_image)), 0.45, "jet", api_name="/predict")
+def test_explain_endpoint_returns_the_overlay_and_two_pngs(client, real_image):
+    predict_api(client, real_image)
     overlay_path, pngs = client.predict(
         "LayerCAM",
         "Tuberculosis",
