@@ -35,6 +35,9 @@ from review.store import AGREEMENTS, ROW_COLUMNS, ReviewStore, draft_from_predic
 
 ASSETS = Path(__file__).resolve().parent / "assets"
 MAX_UPLOAD = "100mb"
+# Overlays are shown at the upload's own resolution; as PNG a 2048² overlay took 870 ms to
+# encode against 10 ms as JPEG (docs/BENCHMARKS.md). Lossless PNGs: Explain tab downloads.
+DISPLAY_FORMAT = "jpeg"
 TQDM = gr.Progress(track_tqdm=True)  # shows Score-CAM's own tqdm progress bar
 DISCLAIMER = (
     "**Research demo — not a diagnostic device.** Outputs are not medical advice and must not "
@@ -210,7 +213,10 @@ def build_demo(
                         label="Calibrated confidence", num_top_classes=len(labels)
                     )
                     heatmap = gr.Image(
-                        label="Grad-CAM overlay", format="png", type="numpy", interactive=False
+                        label="Grad-CAM overlay",
+                        format=DISPLAY_FORMAT,
+                        type="numpy",
+                        interactive=False,
                     )
                     shown_class = gr.Dropdown(labels, value=labels[0], label="Heatmap for class")
                     with gr.Row():
@@ -258,21 +264,21 @@ def build_demo(
                     faith_text = gr.Markdown()
                 with gr.Column():
                     explained_image = gr.Image(
-                        label="Overlay", format="png", type="numpy", interactive=False
+                        label="Overlay", format=DISPLAY_FORMAT, type="numpy", interactive=False
                     )
                     pngs = gr.File(label="Heatmap and overlay (PNG)", file_count="multiple")
             compared = gr.CheckboxGroup(
                 list(METHODS), value=["Grad-CAM", "Grad-CAM++", "LayerCAM"], label="2–4 methods"
             )
             compare_button = gr.Button("Compare side by side")
-            gallery = gr.Gallery(label="Same image and class", columns=4, format="png")
+            gallery = gr.Gallery(label="Same image and class", columns=4, format=DISPLAY_FORMAT)
             with gr.Row():
                 class_a = gr.Dropdown(labels, value=CONFUSABLE[2], label="Why class A …")
                 class_b = gr.Dropdown(labels, value=CONFUSABLE[1], label="… rather than class B")
                 contrast_button = gr.Button("Contrast A vs B")
             contrast_image = gr.Image(
                 label="Where the image speaks for A rather than B",
-                format="png",
+                format=DISPLAY_FORMAT,
                 type="numpy",
                 interactive=False,
             )

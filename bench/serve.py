@@ -4,7 +4,7 @@ Measures, for one 2048×2048 PNG upload (a lung5 radiograph scaled up):
 - cold start: ``python app.py`` process start → first prediction returned to the client;
 - end-to-end latency p50/p95 of sequential ``/predict`` calls;
 - where a request's server time goes, timed in-process on the same file with the same
-  functions the handler calls (decode, preprocess, model, overlay, PNG encode through
+  functions the handler calls (decode, preprocess, model, overlay, image encode through
   Gradio's own cache writer); the rest of the end-to-end time is upload, queue and transport;
 - throughput with 1, 4 and 8 concurrent clients;
 - peak resident memory of the server (psutil samples every 50 ms, and Linux's VmHWM).
@@ -45,6 +45,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from gradio import processing_utils
 
+from app import DISPLAY_FORMAT
 from explain.gradcam import normalise_cam
 from explain.overlay import overlay
 from model.checkpoint import save_checkpoint
@@ -220,8 +221,8 @@ def components(model: str, upload: Path, rounds: int, cache: Path) -> dict[str, 
         "preprocess_ms": lambda s: s.update(batch=predictor.preprocess(s["image"].pixels)[None]),
         "model_ms": lambda s: s.update(out=predictor.cam(s["batch"])),
         "overlay_ms": lambda s: s.update(rgb=overlay(s["image"].pixels, _heatmap(s), 0.45, "jet")),
-        "encode_png_ms": lambda s: processing_utils.save_img_array_to_cache(
-            s["rgb"], str(cache), format="png"
+        "encode_ms": lambda s: processing_utils.save_img_array_to_cache(
+            s["rgb"], str(cache), format=DISPLAY_FORMAT
         ),
     }
     samples: dict[str, list[float]] = {name: [] for name in steps}
@@ -236,7 +237,7 @@ def components(model: str, upload: Path, rounds: int, cache: Path) -> dict[str, 
     outside = sum(v for k, v in result.items() if k != "model_ms")
     result["outside_model_ms"] = round(outside, 1)
     result["outside_share_of_model"] = round(outside / result["model_ms"], 3)
-    for fmt in ("jpeg", "webp"):  # what gr.Image(format=...) would cost instead of PNG
+    for fmt in ("png", "webp"):  # what gr.Image(format=...) would cost instead
         encode = [
             time_ms(
                 lambda f=fmt: processing_utils.save_img_array_to_cache(
