@@ -11,10 +11,10 @@ import torch
 
 from model import ood
 from model.config import ModelConfig
-from model.imageio import LoadedImage
+from model.imageio import LoadedImage, load_image
 from model.ood import OODCheck, assess, check_image, describe, fit_feature_stats
 from model.predictor import Predictor
-from tests.conftest import LUNG5, lung5_images
+from tests.conftest import BUNDLED_MODEL, LUNG5, REPO, lung5_images
 
 
 def gray(width: int = 100, height: int = 100, saturation: float = 0.0) -> LoadedImage:
@@ -156,3 +156,17 @@ def test_fit_then_measure_cli(tiny_checkpoint, tmp_path, capsys):
     assert result["non_chest_warn_rate_by_source"]["generated.colour-noise"] == 1.0
     assert len(lung5_images("test")) == 5
     assert "chest_warn_rate" in capsys.readouterr().out
+
+
+def test_bundled_examples_are_not_flagged_as_non_chest():
+    """The app's example gallery shows chest X-rays the bundled guard accepts."""
+    examples = sorted((REPO / "assets" / "examples").glob("*.jpg"))
+    predictor = Predictor.load(str(BUNDLED_MODEL), "cpu")
+    flagged = [
+        path.name
+        for path, prediction in zip(
+            examples, predictor.predict_many([load_image(p) for p in examples]), strict=True
+        )
+        if prediction.ood is None or prediction.ood.warn
+    ]
+    assert flagged == []
