@@ -99,19 +99,24 @@ class Server:
     process: subprocess.Popen
     url: str
     rss_samples: list[int] = field(default_factory=list)
+    anon_samples: list[int] = field(default_factory=list)
 
     def rss(self) -> int:
         """Resident bytes of the server and its children now."""
         proc = psutil.Process(self.process.pid)
         return sum(p.memory_info().rss for p in [proc, *proc.children(recursive=True)])
 
-    def peak_rss_hwm(self) -> int | None:
-        """Linux's high-water mark of the server process (VmHWM), when readable."""
+    def status_bytes(self, name: str) -> int | None:
+        """A line of Linux's ``/proc/PID/status`` (``VmHWM``, ``RssAnon``, …) in bytes.
+
+        ``RssAnon`` is the process's own memory, without the shared library pages that RSS
+        also counts (torch's CUDA libraries are most of those).
+        """
         status = Path(f"/proc/{self.process.pid}/status")
         if not status.is_file():
             return None
         for line in status.read_text().splitlines():
-            if line.startswith("VmHWM:"):
+            if line.startswith(f"{name}:"):
                 return int(line.split()[1]) * 1024
         return None
 
@@ -154,7 +159,8 @@ def serve(
         while not stop.is_set():
             try:
                 server.rss_samples.append(server.rss())
-            except psutil.Error:
+                server.anon_samples.append(server.status_bytes("RssAnon") or 0)
+            except (psutil.Error, OSError):
                 return
             stop.wait(0.05)
 
@@ -294,8 +300,9 @@ def main(argv: list[str] | None = None) -> None:
                 for n in args.clients
             }
             result["peak_rss_mb_sampled"] = round(max(server.rss_samples) / 2**20, 1)
-            hwm = server.peak_rss_hwm()
+            hwm = server.status_bytes("VmHWM")
             result["peak_rss_mb_vmhwm"] = round(hwm / 2**20, 1) if hwm else None
+            result["peak_rss_anon_mb_sampled"] = round(max(server.anon_samples) / 2**20, 1)
         result["components"] = components(model, upload, args.rounds, folder / "cache")
         steps = result["components"]
         server_ms = steps["model_ms"] + steps["outside_model_ms"]

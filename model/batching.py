@@ -17,6 +17,7 @@ from __future__ import annotations
 import queue
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from typing import Generic, TypeVar
@@ -41,7 +42,8 @@ class MicroBatcher(Generic[T, R]):
         self.fn = fn
         self.max_batch_size = max_batch_size
         self.max_wait_s = max_wait_s  # how long a lone request waits for company
-        self.batch_sizes: list[int] = []  # every batch run so far (for tests and benchmarks)
+        # The sizes of the latest batches (bounded: the server runs for months).
+        self.batch_sizes: deque[int] = deque(maxlen=1000)
         self._queue: queue.Queue[tuple[T, Future[R]] | None] = queue.Queue()
         self._worker = threading.Thread(target=self._run, name="micro-batcher", daemon=True)
         self._worker.start()

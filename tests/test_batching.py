@@ -35,7 +35,7 @@ def test_each_caller_gets_its_own_result_in_bounded_batches(max_batch_size):
 def test_a_lone_request_runs_at_once_and_max_wait_gathers_company():
     alone = MicroBatcher(slow_double, 8)
     assert alone.submit(5) == 10
-    assert alone.batch_sizes == [1]
+    assert list(alone.batch_sizes) == [1]
     alone.close()
     patient = MicroBatcher(slow_double, 8, max_wait_s=0.5)
     threads = [threading.Thread(target=patient.submit, args=(i,)) for i in range(3)]
@@ -44,7 +44,7 @@ def test_a_lone_request_runs_at_once_and_max_wait_gathers_company():
     for thread in threads:
         thread.join()
     patient.close()
-    assert patient.batch_sizes == [3]
+    assert list(patient.batch_sizes) == [3]
 
 
 def test_an_error_reaches_every_caller_of_its_batch_and_the_worker_keeps_serving():
