@@ -28,7 +28,7 @@ from model.checkpoint import CheckpointError
 from model.imageio import ImageInputError, LoadedImage, load_image
 from model.ood import OODCheck, describe
 from model.predictor import Prediction, Predictor
-from model.runtime import configure_storage, data_dir, make_predict
+from model.runtime import configure_storage, data_dir, limit_malloc_arenas, make_predict
 from review.auth import parse_auth
 from review.report import write_case_report, write_reviews_csv
 from review.store import AGREEMENTS, ROW_COLUMNS, ReviewStore, draft_from_prediction
@@ -345,6 +345,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--compile", action="store_true", help="torch.compile the model trunk")
     args = parser.parse_args(argv)
+    limit_malloc_arenas()
     configure_storage()
     try:
         predictor = Predictor.load(args.model, args.device, compile=args.compile)

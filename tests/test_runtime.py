@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.machinery
 import os
+import platform
 import sys
 import types
 
@@ -13,7 +14,13 @@ import torch
 
 from model.imageio import load_image
 from model.predictor import Predictor, pick_autocast
-from model.runtime import DATA_ENV, configure_storage, data_dir, make_predict
+from model.runtime import (
+    DATA_ENV,
+    configure_storage,
+    data_dir,
+    limit_malloc_arenas,
+    make_predict,
+)
 from tests.conftest import lung5_images
 
 
@@ -68,3 +75,12 @@ def test_bf16_trunk_stays_close_to_float32(tiny_checkpoint):
         np.testing.assert_allclose(a.probabilities, b.probabilities, atol=0.03)
         correlation = np.corrcoef(a.raw_cams.ravel(), b.raw_cams.ravel())[0, 1]
         assert correlation > 0.95
+
+
+def test_malloc_arenas_are_capped_on_glibc_unless_the_environment_says(monkeypatch):
+    if platform.libc_ver()[0] != "glibc":
+        pytest.skip("mallopt(M_ARENA_MAX) is glibc's")
+    monkeypatch.delenv("MALLOC_ARENA_MAX", raising=False)
+    assert limit_malloc_arenas(2) is True
+    monkeypatch.setenv("MALLOC_ARENA_MAX", "4")
+    assert limit_malloc_arenas(2) is False
