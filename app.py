@@ -35,8 +35,8 @@ from review.store import AGREEMENTS, ROW_COLUMNS, ReviewStore, draft_from_predic
 
 ASSETS = Path(__file__).resolve().parent / "assets"
 MAX_UPLOAD = "100mb"
-# Overlays are shown at the upload's own resolution; as PNG a 2048² overlay took 870 ms to
-# encode against 10 ms as JPEG (docs/BENCHMARKS.md). Lossless PNGs: Explain tab downloads.
+# Overlays are shown at the upload's own resolution; as PNG a 2048² overlay took ~740 ms to
+# encode against 12 ms as JPEG (docs/BENCHMARKS.md). Lossless PNGs: Explain tab downloads.
 DISPLAY_FORMAT = "jpeg"
 TQDM = gr.Progress(track_tqdm=True)  # shows Score-CAM's own tqdm progress bar
 DISCLAIMER = (

@@ -51,7 +51,7 @@ def limit_malloc_arenas(arenas: int = 2) -> bool:
 
     Gradio serves each request on its own thread and glibc gives threads their own arenas,
     which keep freed image buffers: with 8 concurrent 2048² uploads the server peaked at
-    2.56 GB RSS by default and 1.78 GB with two arenas, at the same throughput
+    2.56 GB RSS by default and 1.73–1.78 GB with two arenas, at the same throughput
     (docs/BENCHMARKS.md). Call before serving threads start; an explicit
     ``$MALLOC_ARENA_MAX`` wins, and other C libraries are left alone.
     """
