@@ -61,7 +61,8 @@ class AllClassGradCAM:
         n_classes = self.model.num_classes
         repeated = activations.repeat_interleave(n_classes, dim=0).requires_grad_(True)
         with torch.enable_grad():
-            logits = self.tail(repeated).float().view(n_images, n_classes, n_classes)
+            pooled = self.tail.pre_logits(repeated)
+            logits = self.tail.classifier(pooled).float().view(n_images, n_classes, n_classes)
             own_class = torch.diagonal(logits, dim1=1, dim2=2)  # logit k of copy k
             (grads,) = torch.autograd.grad(own_class.sum(), repeated)
         weights = grads.mean(dim=(2, 3))  # Grad-CAM: spatially averaged gradients
@@ -70,9 +71,8 @@ class AllClassGradCAM:
         maps = maps.view(n_images, n_classes, height, width)
         if not return_pooled:
             return logits[:, 0].detach(), maps.cpu().numpy()
-        with torch.inference_mode():  # norm5 + pooling again on B (not B×K) maps: negligible
-            pooled = self.model.forward_head(self.tail.features(activations), pre_logits=True)
-        return logits[:, 0].detach(), maps.cpu().numpy(), pooled.float()
+        # Every copy of an image pools the same features: keep the first of each.
+        return logits[:, 0].detach(), maps.cpu().numpy(), pooled[::n_classes].detach().float()
 
 
 def normalise_cam(raw: np.ndarray, size: tuple[int, int]) -> np.ndarray:

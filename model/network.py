@@ -69,9 +69,14 @@ class _Tail(nn.Module):
         super().__init__()
         self.features = features
         self._forward_head = model.forward_head  # bound method: shares the model's weights
+        self.classifier = model.get_classifier()  # the same module, not a copy
+
+    def pre_logits(self, a: torch.Tensor) -> torch.Tensor:
+        """Pooled features ``(N, C)`` that the classifier turns into logits."""
+        return self._forward_head(self.features(a), pre_logits=True)
 
     def forward(self, a: torch.Tensor) -> torch.Tensor:
-        return self._forward_head(self.features(a))
+        return self.classifier(self.pre_logits(a))
 
 
 def count_parameters(model: nn.Module) -> int:
