@@ -27,7 +27,7 @@ from tqdm import tqdm
 
 from model.calibrate import softmax
 from model.data import ImageRecord, scan_class_folders
-from model.imageio import ImageInputError, load_image
+from model.imageio import decoded_batches
 from model.metrics import binary_auroc, classification_metrics
 from model.predictor import Predictor
 
@@ -38,19 +38,13 @@ def predict_logits(
     predictor: Predictor, records: list[ImageRecord], batch_size: int = 16
 ) -> tuple[np.ndarray, list[ImageRecord], list[str]]:
     """Logits for every readable record; unreadable files are listed, not fatal."""
+    by_path = {record.path: record for record in records}
     logits, kept, failed = [], [], []
-    for start in tqdm(range(0, len(records), batch_size), desc="evaluate", disable=None):
-        chunk, images = [], []
-        for record in records[start : start + batch_size]:
-            try:
-                images.append(load_image(record.path))
-                chunk.append(record)
-            except ImageInputError as err:
-                failed.append(f"{record.path}: {err}")
-        if images:
-            logits.extend(p.logits for p in predictor.predict_many(images))
-            kept.extend(chunk)
-    return np.array(logits), kept, failed
+    batches = decoded_batches(list(by_path), batch_size, failed)
+    for batch in tqdm(batches, total=-(-len(records) // batch_size), desc="evaluate", disable=None):
+        logits.extend(p.logits for p in predictor.predict_many([image for _, image in batch]))
+        kept.extend(by_path[path] for path, _ in batch)
+    return np.array(logits), kept, [f"{path}: {reason}" for path, reason in failed]
 
 
 def evaluate(

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import warnings
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -68,6 +69,27 @@ def load_image(source: str | Path | bytes) -> LoadedImage:
             loaded = _read_dicom(data, name)
     _check_size(loaded.pixels, name)
     return loaded
+
+
+def decoded_batches(
+    paths: Sequence[Path], batch_size: int, failed: list[tuple[Path, str]]
+) -> Iterator[list[tuple[Path, LoadedImage]]]:
+    """Decode ``paths`` lazily into batches of (path, image) for ``Predictor.predict_many``.
+
+    A file that cannot be read is appended to ``failed`` as (path, reason) and skipped, so one
+    bad file never stops a batch run (the batch CLI, evaluation).
+    """
+    batch: list[tuple[Path, LoadedImage]] = []
+    for path in paths:
+        try:
+            batch.append((path, load_image(path)))
+        except (ImageInputError, OSError) as err:
+            failed.append((path, str(err)))
+        if len(batch) == batch_size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
 
 
 def to_grayscale_uint8(image: Image.Image) -> np.ndarray:

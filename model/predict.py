@@ -15,7 +15,7 @@ import argparse
 import csv
 import glob
 import sys
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,7 +23,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from explain.overlay import COLORMAPS, overlay
-from model.imageio import ImageInputError, LoadedImage, load_image
+from model.imageio import decoded_batches
 from model.predictor import Prediction, Predictor
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".dcm", ".dicom"})
@@ -65,23 +65,6 @@ def expand_inputs(inputs: Iterable[str]) -> list[Path]:
     return list(dict.fromkeys(found))
 
 
-def decoded_batches(
-    paths: Sequence[Path], batch_size: int, failed: list[Row]
-) -> Iterator[list[tuple[Path, LoadedImage]]]:
-    """Decode ``paths`` lazily into batches; unreadable files go to ``failed`` instead."""
-    batch: list[tuple[Path, LoadedImage]] = []
-    for path in paths:
-        try:
-            batch.append((path, load_image(path)))
-        except (ImageInputError, OSError) as err:
-            failed.append(Row(path, error=str(err)))
-        if len(batch) == batch_size:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
-
-
 def overlay_name(path: Path, taken: set[str]) -> str:
     """``<stem>.png``, with ``-2``, ``-3`` … when two inputs share a stem."""
     name, n = f"{path.stem}.png", 1
@@ -104,7 +87,7 @@ def predict_files(
     """Predict every file in batches and write overlays under ``out``; one ``Row`` per path."""
     (out / OVERLAY_DIR).mkdir(parents=True, exist_ok=True)
     rows: dict[Path, Row] = {}
-    failed: list[Row] = []
+    failed: list[tuple[Path, str]] = []
     taken: set[str] = set()
     with tqdm(total=len(paths), unit="img", disable=not progress) as bar:
         for batch in decoded_batches(paths, batch_size, failed):
@@ -115,7 +98,7 @@ def predict_files(
                 Image.fromarray(overlay(image.pixels, heat, opacity, colormap)).save(target)
                 rows[path] = Row(path, prediction, target)
             bar.update(len(rows) + len(failed) - bar.n)
-        rows.update({row.path: row for row in failed})
+        rows.update({path: Row(path, error=reason) for path, reason in failed})
         bar.update(len(rows) - bar.n)
     return [rows[path] for path in paths]
 
