@@ -7,8 +7,10 @@ import pytest
 
 from model import evaluate
 from model.calibrate import fit_temperature, softmax
+from model.data import ImageRecord
 from model.metrics import binary_auroc, classification_metrics
-from tests.conftest import LUNG5
+from model.predictor import Predictor
+from tests.conftest import LUNG5, lung5_images
 
 LABELS = np.array([0, 0, 1, 1, 2, 2])
 PROBS = np.array([[.7, .2, .1], [.4, .5, .1], [.2, .7, .1],
@@ -68,3 +70,15 @@ def test_evaluate_cli_writes_metrics_and_plots(tiny_checkpoint, tmp_path):
         assert all(0 <= c["sensitivity"] <= 1 for c in source["classes"].values())
     for plot in ("confusion_matrix.png", "roc_curves.png", "reliability.png"):
         assert (tmp_path / "o" / plot).stat().st_size > 5000
+
+
+def test_unreadable_files_are_listed_and_the_rest_evaluated(tiny_checkpoint, tmp_path):
+    junk = tmp_path / "junk.png"
+    junk.write_bytes(b"not an image")
+    good = lung5_images("test")[:2]
+    records = [ImageRecord(p, i, f"p{i}", "s") for i, p in enumerate([good[0], junk, good[1]])]
+    logits, kept, failed = evaluate.predict_logits(
+        Predictor.load(str(tiny_checkpoint), "cpu"), records, batch_size=2
+    )
+    assert [r.path for r in kept] == good and logits.shape == (2, 5)
+    assert len(failed) == 1 and failed[0].startswith(f"{junk}: ") and "not a readable" in failed[0]
