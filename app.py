@@ -1,7 +1,7 @@
 """LungCAM: what does a chest X-ray classifier look at? (research demo, not a diagnostic device)
 
 The screen only. The work is in ``model.predictor`` (image → probabilities + every class's
-Grad-CAM), ``model.imageio`` (any upload → grayscale) and ``explain.overlay`` (drawing).
+Grad-CAM), ``imaging.load`` (any upload → grayscale) and ``imaging.overlay`` (drawing).
 """
 
 from __future__ import annotations
@@ -16,7 +16,6 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from explain.contrastive import CONFUSABLE
 from explain.methods import DEFAULT_METHOD, METHODS, TARGET_LAYERS
-from explain.overlay import COLORMAPS, overlay
 from explain.views import (
     contrast_overlay,
     faithfulness_line,
@@ -24,14 +23,16 @@ from explain.views import (
     method_overlay,
     side_by_side,
 )
+from imaging.image import ImageInputError, LoadedImage
+from imaging.load import load_image
+from imaging.overlay import COLORMAPS, overlay
 from model.checkpoint import CheckpointError
-from model.imageio import ImageInputError, LoadedImage, load_image
 from model.ood import OODCheck, describe
 from model.predictor import Prediction, Predictor
-from model.runtime import configure_storage, data_dir, limit_malloc_arenas, make_predict
 from review.auth import parse_auth
 from review.report import write_case_report, write_reviews_csv
 from review.store import AGREEMENTS, ROW_COLUMNS, ReviewStore, draft_from_prediction
+from serving.runtime import configure_storage, data_dir, limit_malloc_arenas, make_predict
 
 ASSETS = Path(__file__).resolve().parent / "assets"
 MAX_UPLOAD = "100mb"

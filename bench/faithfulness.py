@@ -6,8 +6,8 @@ Score-CAM (1920 masked forwards per image at denseblock4) runs on ``--score-cam-
 only. ``--contrastive N`` instead compares the two "why A rather than B" maps of
 ``explain.contrastive`` on N images per confusable class, scored on P(A) − P(B).
 
-    python bench/faithfulness.py [--model PATH] [--per-class 10] [--score-cam-images 3]
-    python bench/faithfulness.py --contrastive 8
+    python -m bench.faithfulness [--model PATH] [--per-class 10] [--score-cam-images 3]
+    python -m bench.faithfulness --contrastive 8
 
 Prints a Markdown table (and writes it to ``--out`` when given).
 """
@@ -25,16 +25,13 @@ from pathlib import Path
 import cv2
 import numpy as np
 import torch
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputSoftmaxTarget
 
 from explain.contrastive import CONFUSABLE, CONTRASTIVE_METHODS, ProbabilityMargin, contrast
 from explain.faithfulness import ROAD_PERCENTILES, road_batch
 from explain.methods import METHODS, cam_batch
+from imaging.load import load_image
 from model.config import CLASS_FOLDERS
-from model.imageio import load_image
 from model.predictor import Predictor
 
 LUNG5 = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "lung5"
@@ -190,7 +187,7 @@ def main(argv: list[str] | None = None) -> None:
         "(pytorch-grad-cam ROADCombined; target P(class), contrastive P(A) − P(B)) · "
         f"{platform.machine()} "
         f"{torch.get_num_threads()} threads · {time.perf_counter() - start:.0f} s · {when}\n"
-        f"Command: `python bench/faithfulness.py {' '.join(argv or sys.argv[1:])}`\n"
+        f"Command: `python -m bench.faithfulness {' '.join(argv or sys.argv[1:])}`\n"
     )
     print(report)
     if args.out:

@@ -8,12 +8,12 @@ out=${OUT:-bench-out}
 mkdir -p "$out"
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
 python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)"
-python3 bench/run.py --model assets/model --device cuda --check-amp | tee "$out/amp_agreement.json"
+python3 -m bench.run --model assets/model --device cuda --check-amp | tee "$out/amp_agreement.json"
 for batch in 1 8; do
   for precision in --bf16 --fp32; do
-    python3 bench/run.py --model assets/model --device cuda --batch "$batch" --rounds 30 \
+    python3 -m bench.run --model assets/model --device cuda --batch "$batch" --rounds 30 \
       $precision --json "$out/run_b${batch}${precision/--/_}.json"
   done
 done
-python3 bench/run.py --model assets/model --device cuda --batch 8 --rounds 30 --bf16 --compile \
+python3 -m bench.run --model assets/model --device cuda --batch 8 --rounds 30 --bf16 --compile \
   --skip-libraries --json "$out/run_b8_compile.json"

@@ -4,7 +4,7 @@ Bounded in count (``--requests``) and time (``--max-seconds``: clients stop taki
 requests after it). Passes when no request failed and the server's resident memory grew
 less than 10 % between request 100 and the last request (``--mark``, default 100).
 
-    python bench/loadtest.py [--clients 8] [--requests 500] [--max-seconds 1200]
+    python -m bench.loadtest [--clients 8] [--requests 500] [--max-seconds 1200]
                              [--image PATH] [--model PATH] [--json FILE]
 
 Each client uploads its own PNG copy of a 512×512 lung5 test radiograph (see
@@ -23,8 +23,6 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from gradio_client import Client
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.serve import ask, make_uploads, model_for_bench, serve
 

@@ -6,7 +6,7 @@ bare forward it is compared with) use channels_last, and bf16 autocast with ``--
 two libraries run as they ship, in float32. ``--check-amp`` compares bf16 outputs with float32
 ones on the bundled examples.
 
-    python bench/run.py [--model PATH] [--size 224] [--batch 1] [--rounds 15] [--device cuda]
+    python -m bench.run [--model PATH] [--size 224] [--batch 1] [--rounds 15] [--device cuda]
                         [--bf16 | --fp32] [--compile] [--check-amp] [--skip-libraries] [--json FILE]
 """
 
@@ -17,22 +17,19 @@ import contextlib
 import json
 import platform
 import statistics
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import torch
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
 from captum.attr import LayerGradCam
 from pytorch_grad_cam import GradCAM
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
+from imaging.image import LoadedImage
+from imaging.load import load_image
 from model.config import ModelConfig
-from model.imageio import LoadedImage, load_image
 from model.network import create_network
 from model.predictor import Predictor
 

@@ -9,7 +9,7 @@ Measures, for one 2048×2048 PNG upload (a lung5 radiograph scaled up):
 - throughput with 1, 4 and 8 concurrent clients;
 - peak resident memory of the server (psutil samples every 50 ms, and Linux's VmHWM).
 
-    python bench/serve.py [--model PATH] [--requests 20] [--clients 1 4 8] [--per-client 4]
+    python -m bench.serve [--model PATH] [--requests 20] [--clients 1 4 8] [--per-client 4]
                           [--max-batch-size 8] [--json FILE]
 
 Without ``--model`` (and no bundled model) a random-weight 224 px DenseNet201 is used: the
@@ -38,19 +38,16 @@ from pathlib import Path
 import numpy as np
 import psutil
 import torch
+from gradio import processing_utils
 from gradio_client import Client, handle_file
 from PIL import Image
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from gradio import processing_utils
-
 from app import DISPLAY_FORMAT
-from explain.gradcam import normalise_cam
-from explain.overlay import overlay
+from imaging.load import load_image
+from imaging.overlay import overlay
+from model.cam import normalise_cam
 from model.checkpoint import save_checkpoint
 from model.config import CLASS_FOLDERS, ModelConfig
-from model.imageio import load_image
 from model.network import create_network
 from model.predictor import Predictor, resolve_model_spec
 

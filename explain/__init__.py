@@ -1,1 +1,2 @@
-"""LungCAM explanations: class activation maps and how they are drawn."""
+"""LungCAM explanations beyond the served Grad-CAM: library CAM methods, contrastive maps,
+ROAD faithfulness and the Explain tab's views."""

@@ -10,7 +10,7 @@ of A often looks like the map of B. Two ways to show what separates them:
 
 ``DEFAULT_CONTRASTIVE`` was chosen by measurement (ROAD on the probability margin
 P(A) − P(B), bundled model, lung5 test images); the numbers and command are in
-docs/EXPLAINABILITY.md and ``bench/faithfulness.py --contrastive`` reproduces them.
+docs/EXPLAINABILITY.md and ``python -m bench.faithfulness --contrastive`` reproduces them.
 
 Example::
 
@@ -24,8 +24,8 @@ import torch
 from pytorch_grad_cam import FinerCAM
 from pytorch_grad_cam.utils.model_targets import FinerWeightedTarget
 
-from explain.gradcam import normalise_cam
 from explain.methods import private_model, to_image_size
+from model.cam import normalise_cam
 from model.predictor import Prediction, Predictor
 
 CONFUSABLE: tuple[str, ...] = ("Bacterial Pneumonia", "Viral Pneumonia", "COVID-19")

@@ -24,7 +24,7 @@ from pytorch_grad_cam.metrics.road import ROADCombined
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputSoftmaxTarget
 from torch import nn
 
-from model.imageio import LoadedImage
+from imaging.image import LoadedImage
 from model.predictor import Predictor
 
 # ROAD thresholds: keep 20/40/60/80 % of the pixels: 8 sparse solves per map instead of the

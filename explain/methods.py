@@ -43,7 +43,7 @@ from pytorch_grad_cam.utils.image import scale_cam_image
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from torch import nn
 
-from model.imageio import LoadedImage
+from imaging.image import LoadedImage
 from model.predictor import Prediction, Predictor
 
 METHODS: dict[str, type[BaseCAM]] = {

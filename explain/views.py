@@ -15,7 +15,7 @@ import numpy as np
 from explain.contrastive import contrast
 from explain.faithfulness import road_meaning, road_score
 from explain.methods import DEFAULT_METHOD, explain, score_cam_seconds
-from explain.overlay import export_pngs, overlay
+from imaging.overlay import export_pngs, overlay
 from model.predictor import Prediction, Predictor
 
 

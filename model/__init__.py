@@ -1,1 +1,2 @@
-"""LungCAM model package: config, network, checkpoints, image input and the predictor."""
+"""LungCAM model: config, network, checkpoints, preprocessing, the all-class Grad-CAM, the
+not-a-chest-X-ray guard and ``Predictor``, the seam everything else calls."""

@@ -22,8 +22,8 @@ from pathlib import Path
 from PIL import Image
 from tqdm import tqdm
 
-from explain.overlay import COLORMAPS, overlay
-from model.imageio import decoded_batches
+from imaging.load import decoded_batches
+from imaging.overlay import COLORMAPS, overlay
 from model.predictor import Prediction, Predictor
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".dcm", ".dicom"})

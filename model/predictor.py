@@ -15,10 +15,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from explain.gradcam import AllClassGradCAM, normalise_cam
+from imaging.image import LoadedImage
+from model.cam import AllClassGradCAM, normalise_cam
 from model.checkpoint import load_checkpoint
 from model.config import ModelConfig
-from model.imageio import LoadedImage
 from model.network import create_network
 from model.ood import OODCheck, assess, load_feature_stats
 from model.transforms import build_transform, to_tensor
@@ -116,7 +116,7 @@ class Predictor:
         self.config = config
         self.device = device
         self.transform = build_transform(config, train=False)
-        self.ood_stats = load_feature_stats(config.ood)  # None until `model.ood fit`
+        self.ood_stats = load_feature_stats(config.ood)  # None until `training.ood_fit fit`
         self.cam = AllClassGradCAM(self.model, config.target_layer, pick_autocast(device, amp))
         if compile:
             self.cam.trunk = torch.compile(self.cam.trunk)

@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 import app
-from model.imageio import load_image
+from imaging.load import load_image
 from model.predictor import Predictor
 from review.store import ReviewStore
 from tests.conftest import predict_api

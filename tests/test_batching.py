@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from gradio_client import Client, handle_file
 
-from model.batching import MicroBatcher
-from model.imageio import load_image
+from imaging.load import load_image
 from model.predictor import Predictor
+from serving.batching import MicroBatcher
 from tests.conftest import lung5_images, start_app
 
 

@@ -16,8 +16,9 @@ from pydicom.dataset import Dataset
 from pydicom.encaps import encapsulate
 from pydicom.uid import JPEG2000Lossless, JPEGBaseline8Bit, RLELossless
 
-from model.dicom import read_dicom
-from model.imageio import ImageInputError, load_image
+from imaging.dicom import read_dicom
+from imaging.image import ImageInputError
+from imaging.load import load_image
 from tests.bad_inputs import PHI, make_dicom, ramp
 
 

@@ -10,7 +10,7 @@ from torch import nn
 
 from explain.contrastive import ProbabilityMargin
 from explain.faithfulness import road_batch, road_meaning, road_score
-from model.imageio import load_image
+from imaging.load import load_image
 from model.predictor import Predictor
 
 SIZE = 32

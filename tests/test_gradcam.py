@@ -6,10 +6,10 @@ import torch
 from pytorch_grad_cam import GradCAM
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
-from explain.gradcam import AllClassGradCAM, normalise_cam
+from imaging.load import load_image
+from model.cam import AllClassGradCAM, normalise_cam
 from model.checkpoint import load_checkpoint
 from model.config import ModelConfig
-from model.imageio import load_image
 from model.network import create_network
 from model.predictor import Predictor
 from tests.conftest import BUNDLED_MODEL, lung5_images

@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from model import imageio
-from model.imageio import ImageInputError, load_image, rescale_to_uint8
+from imaging import load as imageio
+from imaging.image import ImageInputError, rescale_to_uint8
+from imaging.load import load_image
 from tests.bad_inputs import BAD_INPUTS, encode, ramp, write_bad_inputs
 
 RAMP = ramp(96, 80)  # 0 → 255 left to right

@@ -27,8 +27,8 @@ from explain.views import (
     method_overlay,
     side_by_side,
 )
+from imaging.load import load_image
 from model.config import ModelConfig
-from model.imageio import load_image
 from model.network import create_network
 from model.predictor import Predictor
 from tests.conftest import lung5_images, predict_api

@@ -5,12 +5,12 @@ import json
 import numpy as np
 import pytest
 
-from model import evaluate
-from model.calibrate import fit_temperature, softmax
-from model.data import ImageRecord
-from model.metrics import binary_auroc, classification_metrics
 from model.predictor import Predictor
 from tests.conftest import LUNG5, lung5_images
+from training import evaluate
+from training.calibrate import fit_temperature, softmax
+from training.data import ImageRecord
+from training.metrics import binary_auroc, classification_metrics
 
 LABELS = np.array([0, 0, 1, 1, 2, 2])
 PROBS = np.array([[.7, .2, .1], [.4, .5, .1], [.2, .7, .1],

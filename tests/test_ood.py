@@ -9,12 +9,15 @@ import numpy as np
 import pytest
 import torch
 
+from imaging.image import LoadedImage
+from imaging.load import load_image
 from model import ood
 from model.config import ModelConfig
-from model.imageio import LoadedImage, load_image
-from model.ood import OODCheck, assess, check_image, describe, fit_feature_stats
+from model.ood import OODCheck, assess, check_image, describe
 from model.predictor import Predictor
 from tests.conftest import BUNDLED_MODEL, LUNG5, REPO, lung5_images
+from training import ood_fit
+from training.ood_fit import fit_feature_stats
 
 
 def gray(width: int = 100, height: int = 100, saturation: float = 0.0) -> LoadedImage:
@@ -126,7 +129,7 @@ def test_predictor_returns_pooled_features_of_the_same_forward(tiny_checkpoint):
 
 
 def test_non_chest_images_cover_every_kind():
-    kinds = [kind for kind, _ in ood.non_chest_images(per_kind=2)]
+    kinds = [kind for kind, _ in ood_fit.non_chest_images(per_kind=2)]
     for wanted in ("skimage.page", "sklearn.sample", "generated.ct-slice", "generated.hand-xray"):
         assert wanted in kinds
     assert len(kinds) == 23 + 2 + 5 * 2
@@ -137,7 +140,7 @@ def test_fit_then_measure_cli(tiny_checkpoint, tmp_path, capsys):
     shutil.copytree(tiny_checkpoint, model)
     weights = (model / "model.safetensors").read_bytes()
     data = ["--model", str(model), "--data", str(LUNG5), "--max-per-class", "3"]
-    ood.main(["fit", *data, "--components", "8", "--batch-size", "8"])
+    ood_fit.main(["fit", *data, "--components", "8", "--batch-size", "8"])
     section = json.loads((model / "config.json").read_text())["lungcam"]["ood"]
     assert section["components"] == 8 and len(section["basis"]) == 8
     assert section["fitted_on"]["train_images"] == 15
@@ -145,10 +148,10 @@ def test_fit_then_measure_cli(tiny_checkpoint, tmp_path, capsys):
 
     predictor = Predictor.load(str(model), "cpu")
     assert predictor.ood_stats is not None
-    assert predictor.predict(ood.as_upload(np.asarray(gray().pixels))).ood.score > 0
+    assert predictor.predict(ood_fit.as_upload(np.asarray(gray().pixels))).ood.score > 0
 
     out = tmp_path / "measure.json"
-    ood.main(["measure", *data[:4], "--max-per-class", "1", "--json", str(out)])
+    ood_fit.main(["measure", *data[:4], "--max-per-class", "1", "--json", str(out)])
     result = json.loads(out.read_text())
     assert result["chest_images"] == 5 and result["non_chest_images"] == 65
     assert 0 <= result["chest_warn_rate"] <= 1 and 0 <= result["non_chest_warn_rate"] <= 1

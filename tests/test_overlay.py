@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from explain.overlay import draw_contour, export_pngs, overlay, top_region
+from imaging.overlay import draw_contour, export_pngs, overlay, top_region
 
 
 def _blob(height: int = 60, width: int = 80) -> np.ndarray:

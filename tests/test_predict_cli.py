@@ -15,7 +15,7 @@ from PIL import Image
 from pydicom.dataset import FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
 
-from model.imageio import load_image
+from imaging.load import load_image
 from model.predict import CSV_NAME, expand_inputs, main
 from model.predictor import Predictor
 from tests.conftest import REPO, lung5_images

@@ -7,8 +7,9 @@ import pytest
 import torch
 from PIL import Image
 
+from imaging.image import rescale_to_uint8
+from imaging.load import load_image, to_grayscale_uint8
 from model.config import ModelConfig
-from model.imageio import load_image, rescale_to_uint8, to_grayscale_uint8
 from model.transforms import build_transform, to_tensor
 
 GRADIENT = np.tile(np.linspace(0, 255, 128).astype(np.uint8), (96, 1))  # 96×128, left dark

@@ -14,7 +14,7 @@ import pytest
 from gradio_client import Client, handle_file
 from PIL import Image
 
-from model.imageio import load_image
+from imaging.load import load_image
 from review.store import ReviewStore, pixels_sha256
 from tests.conftest import lung5_images, start_app
 

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from explain.overlay import overlay
-from model.imageio import load_image
+from imaging.load import load_image
+from imaging.overlay import overlay
 from review.report import reviews_csv, write_case_report, write_reviews_csv
 from review.store import ROW_COLUMNS, ReviewStore, pixels_sha256
 from tests.conftest import lung5_images

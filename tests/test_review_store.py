@@ -28,8 +28,8 @@ from alembic.script import ScriptDirectory
 from PIL import Image
 from sqlalchemy import create_engine, text
 
+from imaging.image import LoadedImage
 from model.config import ModelConfig
-from model.imageio import LoadedImage
 from model.predictor import Prediction
 from review.store import (
     Base,

@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 import torch
 
-from model.imageio import load_image
+from imaging.load import load_image
 from model.predictor import Predictor, pick_autocast
-from model.runtime import (
+from serving.runtime import (
     DATA_ENV,
     configure_storage,
     data_dir,
@@ -49,7 +49,7 @@ def predictor(tiny_checkpoint):
 
 @pytest.mark.parametrize(("max_batch_size", "kind"), [(1, "predict"), (8, "submit")])
 def test_make_predict_batches_unless_told_not_to(predictor, monkeypatch, max_batch_size, kind):
-    monkeypatch.setattr("model.runtime.on_spaces_gpu", lambda: False)
+    monkeypatch.setattr("serving.runtime.on_spaces_gpu", lambda: False)
     assert make_predict(predictor, max_batch_size).__name__ == kind
 
 

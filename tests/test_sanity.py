@@ -23,7 +23,7 @@ import torch
 from scipy.stats import spearmanr
 
 from explain.methods import METHODS, cam_batch
-from model.imageio import load_image
+from imaging.load import load_image
 from model.network import create_network
 from model.predictor import Predictor
 from tests.conftest import BUNDLED_MODEL, lung5_images

@@ -8,14 +8,14 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from model import train as training
+from imaging.load import load_image
 from model.config import CLASS_FOLDERS, ModelConfig
-from model.data import XrayDataset, class_index_of, load_splits, scan_class_folders
-from model.imageio import load_image
 from model.network import create_network
 from model.predictor import Predictor
 from model.transforms import build_transform
 from tests.conftest import lung5_images
+from training import train as trainer
+from training.data import XrayDataset, class_index_of, load_splits, scan_class_folders
 
 # Folder spellings from other public copies of these datasets.
 VARIANT_FOLDERS = ["BACTERIAL PNEUMONIA", "covid-19", "NORMAL", "Tuberculosis", "viral_pneumonia"]
@@ -37,7 +37,7 @@ def tiny_data(tmp_path_factory):
 
 
 def _args(data, out, *extra):
-    return training.parse_args(
+    return trainer.parse_args(
         ["--data", str(data), "--out", str(out), "--image-size", "64", "--batch-size", "4",
          "--workers", "0", "--head-epochs", "1", "--epochs", "1", *extra]
     )
@@ -78,9 +78,9 @@ def _one_step(model, stage, args, data_root):
     records = scan_class_folders(data_root / "train")[:4]
     loader = DataLoader(XrayDataset(records, build_transform(ModelConfig(input_size=(3, 64, 64)))),
                         batch_size=4)
-    params = training.set_stage(model, stage)
-    optimizer, scheduler = training.make_optimizer(params, stage, args, steps=1)
-    training.train_one_epoch(model, loader, stage, optimizer, scheduler,
+    params = trainer.set_stage(model, stage)
+    optimizer, scheduler = trainer.make_optimizer(params, stage, args, steps=1)
+    trainer.train_one_epoch(model, loader, stage, optimizer, scheduler,
                              torch.nn.CrossEntropyLoss(), torch.device("cpu"), amp=False)
     return optimizer
 
@@ -107,7 +107,7 @@ def test_stage2_adamw_with_weight_decay_moves_the_backbone(tiny_data, tmp_path):
 
 
 def test_training_run_saves_a_calibrated_checkpoint_the_app_loads(tiny_data, tmp_path):
-    best = training.train(_args(tiny_data, tmp_path / "run", "--version", "smoke"))
+    best = trainer.train(_args(tiny_data, tmp_path / "run", "--version", "smoke"))
     lines = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").open()]
     assert [line["stage"] for line in lines] == ["head", "full"]
     config = json.loads((best / "config.json").read_text())
@@ -119,7 +119,7 @@ def test_training_run_saves_a_calibrated_checkpoint_the_app_loads(tiny_data, tmp
     assert np.isclose(prediction.probabilities.sum(), 1.0)
 
     resumed = _args(tiny_data, tmp_path / "run", "--resume", "--epochs", "2")
-    training.train(resumed)
+    trainer.train(resumed)
     lines = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").open()]
     assert [(line["stage"], line["epoch"]) for line in lines] == [
         ("head", 1), ("full", 1), ("full", 2)]
@@ -128,4 +128,4 @@ def test_training_run_saves_a_calibrated_checkpoint_the_app_loads(tiny_data, tmp
 def test_pretrained_without_hub_stops_with_a_clear_message(tiny_data, tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(SystemExit, match="could not fetch ImageNet weights"):
-        training.main(["--data", str(tiny_data), "--out", str(tmp_path), "--pretrained"])
+        trainer.main(["--data", str(tiny_data), "--out", str(tmp_path), "--pretrained"])

@@ -9,40 +9,25 @@ from __future__ import annotations
 import io
 import warnings
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-MIN_SIDE = 64
-MAX_PIXELS = 50_000_000  # decompression-bomb guard (50 MP)
-MAX_FILE_BYTES = 100 * 1024 * 1024
-DICOM_MAGIC = b"DICM"
-DICOM_SUFFIXES = (".dcm", ".dicom")
+from imaging.image import (
+    DICOM_MAGIC,
+    DICOM_SUFFIXES,
+    MAX_FILE_BYTES,
+    MAX_PIXELS,
+    MIN_SIDE,
+    ImageInputError,
+    LoadedImage,
+    rescale_to_uint8,
+    saturation,
+)
+
 GRAY_MODES = frozenset({"1", "L", "LA", "La", "I", "I;16", "I;16L", "I;16B", "I;16N", "F"})
 SATURATION_SIDE = 128  # saturation is measured on a thumbnail of at most this side
-
-
-class ImageInputError(ValueError):
-    """The upload cannot be turned into an image we can analyse; the message says why."""
-
-
-@dataclass
-class LoadedImage:
-    """A decoded upload: 8-bit grayscale pixels plus non-identifying facts about the file."""
-
-    pixels: np.ndarray  # (H, W) uint8
-    source_format: str
-    original_mode: str
-    notes: list[str] = field(default_factory=list)  # warnings worth showing to the user
-    metadata: dict[str, str] = field(default_factory=dict)  # never patient identifiers
-    saturation: float = 0.0  # mean colour saturation of the upload before the gray conversion
-
-    @property
-    def size(self) -> tuple[int, int]:
-        """(width, height) like PIL."""
-        return self.pixels.shape[1], self.pixels.shape[0]
 
 
 def load_image(source: str | Path | bytes) -> LoadedImage:
@@ -109,32 +94,6 @@ def to_grayscale_uint8(image: Image.Image) -> np.ndarray:
     return np.asarray(image.convert("L"), dtype=np.uint8)
 
 
-def rescale_to_uint8(values: np.ndarray) -> np.ndarray:
-    """Linearly map the array's own min..max to 0..255 (a constant image becomes 0).
-
-    Non-finite values (NaN, ±inf in float TIFFs) are ignored for the range and drawn black.
-    """
-    values = values.astype(np.float64)
-    finite = np.isfinite(values)
-    if not finite.any():
-        return np.zeros(values.shape, dtype=np.uint8)
-    low, high = float(np.min(values[finite])), float(np.max(values[finite]))
-    if high <= low:
-        return np.zeros(values.shape, dtype=np.uint8)
-    values = np.where(finite, values, low)
-    return np.round((values - low) * (255.0 / (high - low))).astype(np.uint8)
-
-
-def saturation(rgb: np.ndarray) -> float:
-    """Mean chroma (max − min channel, as a fraction of 255) of an (H, W, 3) uint8 array.
-
-    A radiograph stored as RGB scores about 0; colour photos score 0.1 or more. The
-    not-a-chest-X-ray guard (``model.ood``) uses it, since the pixels themselves are gray.
-    """
-    channels = rgb.astype(np.int16)
-    return float(np.mean(channels.max(axis=-1) - channels.min(axis=-1)) / 255.0)
-
-
 def _read_bytes(source: str | Path | bytes) -> bytes:
     if isinstance(source, bytes):
         data = source
@@ -158,7 +117,7 @@ class _NotAnImage(Exception):
 
 
 def _read_dicom(data: bytes, name: str) -> LoadedImage:
-    from model.dicom import read_dicom  # pydicom is imported only when a DICOM arrives
+    from imaging.dicom import read_dicom  # pydicom is imported only when a DICOM arrives
 
     return read_dicom(data, name)
 

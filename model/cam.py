@@ -6,7 +6,7 @@ the gradient, and the gradient of a logit with respect to the last dense block f
 through the small head (norm5 → global pool → linear). So the trunk runs once without
 autograd, its output is repeated once per class, and one backward through the head gives
 every class's gradient. On a GPU the trunk may run under bf16 autocast; the head and its
-gradients stay in float32. ``bench/run.py`` measures the saving; ``tests/test_gradcam.py``
+gradients stay in float32. ``python -m bench.run`` measures the saving; ``tests/test_gradcam.py``
 checks the maps equal pytorch-grad-cam's to 1e-4.
 """
 

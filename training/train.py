@@ -3,7 +3,7 @@
 Stage 1 trains the head alone on a frozen backbone (Adam, 1e-3 → 3e-4); stage 2 fine-tunes
 everything (AdamW, 1e-4 → 3e-5 cosine, weight decay 0.05). Every number is a flag.
 
-    python -m model.train --data ../shared/data/lung5 --out runs/demo
+    python -m training.train --data ../shared/data/lung5 --out runs/demo
 """
 
 from __future__ import annotations
@@ -24,13 +24,13 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from model.calibrate import fit_temperature
 from model.checkpoint import load_checkpoint, save_checkpoint
 from model.config import ModelConfig
-from model.data import XrayDataset, class_counts, load_splits, subsample
 from model.network import create_network
 from model.predictor import pick_device
 from model.transforms import build_transform
+from training.calibrate import fit_temperature
+from training.data import XrayDataset, class_counts, load_splits, subsample
 
 log = logging.getLogger("lungcam.train")
 STAGES = ("head", "full")
@@ -280,7 +280,7 @@ def finalize(
     config.version = args.version or f"lung5-{time.strftime('%Y%m%d')}-{config.image_size[0]}px"
     save_checkpoint(model, config, best, half=args.half)
     summary = {
-        "command": "python -m model.train " + shlex.join(sys.argv[1:]),
+        "command": "python -m training.train " + shlex.join(sys.argv[1:]),
         "temperature": config.temperature,
         "version": config.version,
         "val_macro_f1": float(f1_score(labels, logits.argmax(1), average="macro")),

@@ -16,9 +16,9 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
-from model.batching import MicroBatcher
-from model.imageio import LoadedImage
+from imaging.image import LoadedImage
 from model.predictor import Prediction, Predictor
+from serving.batching import MicroBatcher
 
 DATA_ENV = "LUNGCAM_DATA_DIR"
 DEFAULT_DATA_DIR = "data"

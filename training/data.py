@@ -16,8 +16,9 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from imaging.image import ImageInputError
+from imaging.load import load_image
 from model.config import CLASS_FOLDERS
-from model.imageio import ImageInputError, load_image
 from model.transforms import to_tensor
 
 log = logging.getLogger(__name__)

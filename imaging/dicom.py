@@ -21,7 +21,7 @@ from pydicom.errors import InvalidDicomError
 from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi_lut, pixel_array
 from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
-from model.imageio import MAX_PIXELS, ImageInputError, LoadedImage, rescale_to_uint8, saturation
+from imaging.image import MAX_PIXELS, ImageInputError, LoadedImage, rescale_to_uint8, saturation
 
 # Projection radiography; OT ("other") is what many secondary-capture exports carry.
 RADIOGRAPH_MODALITIES = frozenset({"CR", "DX", "RG", "OT"})

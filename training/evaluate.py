@@ -1,6 +1,7 @@
 """Measure a checkpoint on labelled class folders: metrics.json plus plots.
 
-    python -m model.evaluate --model assets/model --data ../shared/data/lung5 --split test --out DIR
+    python -m training.evaluate --model assets/model --data ../shared/data/lung5 --split test \
+        --out DIR
 
 Everything goes through ``Predictor`` (the same decoding, transform and calibration as the
 app). Metrics are reported before (T = 1) and after temperature scaling, per class, and per
@@ -25,11 +26,11 @@ from sklearn.calibration import calibration_curve
 from sklearn.metrics import ConfusionMatrixDisplay, RocCurveDisplay
 from tqdm import tqdm
 
-from model.calibrate import softmax
-from model.data import ImageRecord, scan_class_folders
-from model.imageio import decoded_batches
-from model.metrics import binary_auroc, classification_metrics
+from imaging.load import decoded_batches
 from model.predictor import Predictor
+from training.calibrate import softmax
+from training.data import ImageRecord, scan_class_folders
+from training.metrics import binary_auroc, classification_metrics
 
 log = logging.getLogger("lungcam.evaluate")
 

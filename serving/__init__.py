@@ -1,0 +1,1 @@
+"""Process plumbing for the server: data folder, malloc arenas, ZeroGPU, micro-batching."""

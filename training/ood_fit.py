@@ -1,0 +1,299 @@
+"""Fit and measure the not-a-chest-X-ray guard (``model.ood``) offline, on a data folder.
+
+``fit`` puts PCA + tied-covariance class Gaussians on the train split's pooled features and
+sets the thresholds on the validation split; ``measure`` reports the warn rates on a split's
+chest X-rays and on images that are not chest X-rays, as the app computes them::
+
+    python -m training.ood_fit fit --model assets/model --data ../shared/data/lung5 \
+        --max-per-class 300
+    python -m training.ood_fit measure --model assets/model --data ../shared/data/lung5
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import io
+import json
+import platform
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from imaging.image import LoadedImage
+from imaging.load import load_image
+from model.ood import DEFAULT_COMPONENTS, DEFAULT_QUANTILE, FeatureStats
+from model.predictor import Predictor
+from training.data import load_splits, subsample
+
+
+def fit_feature_stats(
+    train: np.ndarray,
+    labels: np.ndarray,
+    calibration: np.ndarray,
+    components: int = DEFAULT_COMPONENTS,
+    quantile: float = DEFAULT_QUANTILE,
+) -> FeatureStats:
+    """Fit PCA + tied-covariance class Gaussians on ``train`` (N, D) features with ``labels``;
+    set both thresholds at ``quantile`` of the held-out ``calibration`` features' scores."""
+    if not 0 < quantile < 1:
+        raise ValueError(f"quantile must be in (0, 1); got {quantile}")
+    train = train.astype(np.float64)
+    components = min(components, train.shape[0] - 1, train.shape[1])
+    mean = train.mean(axis=0)
+    _, _, vt = np.linalg.svd(train - mean, full_matrices=False)
+    basis = vt[:components]
+    projected = (train - mean) @ basis.T
+    classes = np.unique(labels)
+    class_means = np.stack([projected[labels == c].mean(axis=0) for c in classes])
+    within = projected - class_means[np.searchsorted(classes, labels)]
+    covariance = within.T @ within / len(within)
+    covariance += np.eye(components) * 1e-6 * np.trace(covariance) / components
+    stats = FeatureStats(mean, basis, class_means, np.linalg.inv(covariance), 0.0, 0.0)
+    distance, residual = stats.scores(calibration)
+    stats.distance_threshold = float(np.quantile(distance, quantile))
+    stats.residual_threshold = float(np.quantile(residual, quantile))
+    return stats
+
+
+
+# ---------------------------------------------------------------------------------------------
+# Measuring: chest X-rays of a split vs images that are not chest X-rays
+
+
+def non_chest_images(seed: int = 0, per_kind: int = 8) -> Iterator[tuple[str, np.ndarray]]:
+    """(kind, image) pairs that are not chest X-rays: package sample images and generated ones.
+
+    Samples come from scikit-image's ``skimage.data`` (only files shipped in the wheel) and
+    scikit-learn's ``load_sample_images``; generated kinds are documents, colour noise,
+    CT-like slices and hand- and knee-like radiograph shapes.
+    """
+    import skimage.data
+    from sklearn.datasets import load_sample_images
+
+    shipped = [
+        "astronaut",
+        "camera",
+        "coins",
+        "coffee",
+        "chelsea",
+        "rocket",
+        "horse",
+        "moon",
+        "page",
+        "text",
+        "checkerboard",
+        "clock",
+        "hubble_deep_field",
+        "immunohistochemistry",
+        "retina",
+        "brick",
+        "grass",
+        "gravel",
+        "cell",
+        "colorwheel",
+        "logo",
+        "microaneurysms",
+        "shepp_logan_phantom",
+    ]
+    for name in shipped:
+        yield f"skimage.{name}", _to_uint8(getattr(skimage.data, name)())
+    for image in load_sample_images().images:
+        yield "sklearn.sample", image
+    rng = np.random.default_rng(seed)
+    makers = {
+        "document": _document,
+        "colour-noise": lambda r: r.integers(0, 256, (r.integers(200, 400), 300, 3), np.uint8),
+        "ct-slice": _ct_slice,
+        "hand-xray": _hand,
+        "knee-xray": _knee,
+    }
+    for kind, make in makers.items():
+        for _ in range(per_kind):
+            yield f"generated.{kind}", make(rng)
+
+
+def _to_uint8(image: np.ndarray) -> np.ndarray:
+    if image.dtype == np.uint8:
+        return image
+    values = image.astype(np.float64)
+    return np.round(255 * (values - values.min()) / max(np.ptp(values), 1e-12)).astype(np.uint8)
+
+
+def _document(rng: np.random.Generator) -> np.ndarray:
+    from PIL import Image, ImageDraw
+
+    page = Image.new("L", (420, 594), 245)
+    draw = ImageDraw.Draw(page)
+    y = int(rng.integers(20, 60))
+    while y < 560:
+        words = " ".join("x" * int(n) for n in rng.integers(2, 10, 8))
+        draw.text((int(rng.integers(20, 50)), y), words.replace("x", "lorem")[:70], fill=20)
+        y += int(rng.integers(14, 30))
+    return np.asarray(page)
+
+
+def _canvas(rng: np.random.Generator, size: int = 384) -> tuple[np.ndarray, np.ndarray]:
+    yy, xx = np.mgrid[:size, :size] / size
+    background = rng.normal(12, 4, (size, size))
+    return background, np.stack([yy, xx])
+
+
+def _ellipse(grid: np.ndarray, cy: float, cx: float, ry: float, rx: float, angle: float = 0.0):
+    y, x = grid[0] - cy, grid[1] - cx
+    c, s = np.cos(angle), np.sin(angle)
+    return ((c * x + s * y) / rx) ** 2 + ((-s * x + c * y) / ry) ** 2 <= 1
+
+
+def _ct_slice(rng: np.random.Generator) -> np.ndarray:
+    image, grid = _canvas(rng)
+    image[_ellipse(grid, 0.5, 0.5, 0.36, 0.46)] = 110  # body
+    image[_ellipse(grid, 0.5, 0.32, 0.2, 0.12)] = 25  # lungs, dark
+    image[_ellipse(grid, 0.5, 0.68, 0.2, 0.12)] = 25
+    image[_ellipse(grid, 0.72, 0.5, 0.06, 0.06)] = 230  # vertebra
+    image[_ellipse(grid, 0.45, 0.55, 0.1, 0.09)] = 140  # heart
+    image += rng.normal(0, 8, image.shape)
+    return np.clip(image, 0, 255).astype(np.uint8)
+
+
+def _hand(rng: np.random.Generator) -> np.ndarray:
+    image, grid = _canvas(rng)
+    image[_ellipse(grid, 0.78, 0.5, 0.2, 0.22)] = 90  # palm soft tissue
+    image[_ellipse(grid, 0.75, 0.5, 0.14, 0.16)] = 170  # carpals and metacarpals
+    for k, angle in enumerate(np.linspace(-0.6, 0.6, 5) + rng.normal(0, 0.05, 5)):
+        cy, cx = 0.42 - 0.05 * abs(k - 2), 0.5 + np.sin(angle) * 0.3
+        image[_ellipse(grid, cy, cx, 0.2, 0.045, angle)] = 80  # finger
+        image[_ellipse(grid, cy, cx, 0.17, 0.022, angle)] = 200  # phalanges
+    image += rng.normal(0, 6, image.shape)
+    return np.clip(image, 0, 255).astype(np.uint8)
+
+
+def _knee(rng: np.random.Generator) -> np.ndarray:
+    image, grid = _canvas(rng)
+    image[_ellipse(grid, 0.5, 0.5, 0.6, 0.3)] = 85  # leg soft tissue
+    gap = rng.uniform(0.02, 0.05)
+    image[_ellipse(grid, 0.2 - gap, 0.5, 0.32, 0.13)] = 200  # femur
+    image[_ellipse(grid, 0.48 - gap, 0.5, 0.06, 0.2)] = 210  # condyles
+    image[_ellipse(grid, 0.82 + gap, 0.5, 0.3, 0.12)] = 195  # tibia
+    image[_ellipse(grid, 0.55 + gap, 0.5, 0.04, 0.18)] = 205  # plateau
+    image += rng.normal(0, 6, image.shape)
+    return np.clip(image, 0, 255).astype(np.uint8)
+
+
+def as_upload(pixels: np.ndarray) -> LoadedImage:
+    """An array as if uploaded: PNG-encoded, then decoded by ``load_image`` (saturation too)."""
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG")
+    return load_image(buffer.getvalue())
+
+
+def _batched(items: Sequence, size: int) -> Iterator[Sequence]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def extract_features(predictor: Predictor, paths: Sequence[Path], batch_size: int) -> np.ndarray:
+    """Pooled features (N, D) of ``paths`` through the predictor's own path."""
+    chunks = []
+    for chunk in _batched(list(paths), batch_size):
+        predictions = predictor.predict_many([load_image(p) for p in chunk])
+        chunks.append(np.stack([p.features for p in predictions]))
+    return np.concatenate(chunks)
+
+
+def fit(args: argparse.Namespace) -> None:
+    """Fit on the train split, calibrate on val, and write ``lungcam.ood`` into config.json."""
+    predictor = Predictor.load(str(args.model), args.device)
+    splits = load_splits(args.data)
+    train, val = splits["train"], splits["val"]
+    if args.max_per_class:
+        train = subsample(train, args.max_per_class, seed=0)
+        val = subsample(val, args.max_per_class, seed=0)
+    print(f"features of {len(train)} train and {len(val)} val images ...", flush=True)
+    train_features = extract_features(predictor, [r.path for r in train], args.batch_size)
+    val_features = extract_features(predictor, [r.path for r in val], args.batch_size)
+    labels = np.array([r.label for r in train])
+    stats = fit_feature_stats(train_features, labels, val_features, args.components, args.quantile)
+    section = stats.to_dict() | {
+        "components": int(stats.basis.shape[0]),
+        "quantile": args.quantile,
+        "fitted_on": {
+            "data": Path(args.data).name,
+            "train_images": len(train),
+            "val_images": len(val),
+            "max_per_class": args.max_per_class,
+            "date": datetime.date.today().isoformat(),
+        },
+    }
+    config_path = Path(args.model) / "config.json"
+    config = json.loads(config_path.read_text())
+    config.setdefault("lungcam", {})["ood"] = section
+    config_path.write_text(json.dumps(config, indent=2) + "\n")
+    print(
+        f"wrote lungcam.ood to {config_path}: {stats.basis.shape[0]} components, thresholds "
+        f"distance {stats.distance_threshold:.2f}, residual {stats.residual_threshold:.2f}"
+    )
+
+
+def measure(args: argparse.Namespace) -> None:
+    """Warn rates on a split's chest X-rays and on non-chest images, as the app computes them."""
+    predictor = Predictor.load(str(args.model), args.device)
+    if predictor.config.ood is None:
+        print("note: the checkpoint has no fitted 'ood' section; only colour and shape count")
+    records = load_splits(args.data)[args.split]
+    if args.max_per_class:
+        records = subsample(records, args.max_per_class, seed=1)
+    chest = []
+    for chunk in _batched(records, args.batch_size):
+        chest += [p.ood.warn for p in predictor.predict_many([load_image(r.path) for r in chunk])]
+    kinds, others = zip(*non_chest_images(), strict=True)
+    foreign = []
+    for chunk in _batched(others, args.batch_size):
+        foreign += [p.ood.warn for p in predictor.predict_many([as_upload(a) for a in chunk])]
+    per_group: dict[str, list[bool]] = {}
+    for kind, warned in zip(kinds, foreign, strict=True):
+        group = kind if kind.startswith("generated.") else kind.split(".")[0]
+        per_group.setdefault(group, []).append(warned)
+    result = {
+        "chest_split": args.split,
+        "chest_images": len(chest),
+        "chest_warn_rate": round(float(np.mean(chest)), 4),
+        "non_chest_images": len(foreign),
+        "non_chest_warn_rate": round(float(np.mean(foreign)), 4),
+        "non_chest_warn_rate_by_source": {
+            group: round(float(np.mean(warned)), 4) for group, warned in per_group.items()
+        },
+        "non_chest_missed": [k for k, w in zip(kinds, foreign, strict=True) if not w],
+        "model": predictor.description,
+        "hardware": f"{platform.machine()} {predictor.device}",
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+    }
+    print(json.dumps(result, indent=2))
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Fit or measure the not-a-chest-X-ray guard.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    for name, run in (("fit", fit), ("measure", measure)):
+        sub = commands.add_parser(name, help=run.__doc__.splitlines()[0])
+        sub.add_argument("--model", type=Path, required=True, help="checkpoint folder")
+        sub.add_argument("--data", type=Path, required=True, help="lung5-style data folder")
+        sub.add_argument("--max-per-class", type=int, default=0, help="subsample (0: all)")
+        sub.add_argument("--batch-size", type=int, default=16)
+        sub.add_argument("--device", default=None)
+        sub.set_defaults(run=run)
+    commands.choices["fit"].add_argument("--components", type=int, default=DEFAULT_COMPONENTS)
+    commands.choices["fit"].add_argument("--quantile", type=float, default=DEFAULT_QUANTILE)
+    commands.choices["measure"].add_argument("--split", default="test")
+    commands.choices["measure"].add_argument("--json", type=Path, help="also write results here")
+    args = parser.parse_args(argv)
+    args.run(args)
+
+
+if __name__ == "__main__":
+    main()
