@@ -33,8 +33,8 @@ from explain.methods import METHODS, cam_batch
 from imaging.load import load_image
 from model.config import CLASS_FOLDERS
 from model.predictor import Predictor
+from training.data import LUNG5
 
-LUNG5 = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "lung5"
 RANDOM = "Random heatmap (uniform noise)"
 
 
@@ -85,7 +85,7 @@ def method_table(predictor: Predictor, paths: list[Path], score_cam_images: int)
     images = [load_image(p) for p in paths]
     predictions = predictor.predict_many(images)
     classes = [p.top_index for p in predictions]
-    batch = torch.stack([predictor.preprocess(im.pixels) for im in images]).to(predictor.device)
+    batch = predictor.batch(images)
     layer = predictor.config.target_layer
     height, width = predictor.config.image_size
     targets = [ClassifierOutputSoftmaxTarget(k) for k in classes]
@@ -123,12 +123,12 @@ def contrastive_table(predictor: Predictor, paths: list[Path]) -> str:
     """Score both contrastive maps on P(A) − P(B): A = true class, B = likeliest other one."""
     labels = predictor.config.label_names
     folder_to_label = dict(zip(CLASS_FOLDERS, labels, strict=True))
-    confusable = [labels.index(c) for c in CONFUSABLE]
+    confusable = [predictor.config.class_index(c) for c in CONFUSABLE]
     images, pairs = [], []
     for path, prediction in zip(
         paths, predictor.predict_many([load_image(p) for p in paths]), strict=True
     ):
-        a = labels.index(folder_to_label[path.parent.name])
+        a = predictor.config.class_index(folder_to_label[path.parent.name])
         b = max((k for k in confusable if k != a), key=lambda k: prediction.probabilities[k])
         images.append(prediction)
         pairs.append((a, b))

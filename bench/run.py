@@ -61,8 +61,7 @@ def measure(
         LoadedImage(rng.integers(0, 256, (height, width), dtype=np.uint8), "bench", "L")
         for _ in range(batch_size)
     ]
-    batch = torch.stack([predictor.preprocess(im.pixels) for im in images])
-    batch = batch.to(predictor.device, memory_format=predictor.memory_format)
+    batch = predictor.batch(images)
     model = predictor.model
     num_classes = predictor.config.num_classes
     sync = torch.cuda.synchronize if predictor.device.type == "cuda" else (lambda: None)

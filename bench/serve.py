@@ -22,7 +22,6 @@ import argparse
 import json
 import os
 import platform
-import socket
 import statistics
 import subprocess
 import sys
@@ -42,17 +41,18 @@ from gradio import processing_utils
 from gradio_client import Client, handle_file
 from PIL import Image
 
-from app import DISPLAY_FORMAT
 from imaging.load import load_image
-from imaging.overlay import overlay
+from imaging.overlay import DEFAULT_COLORMAP, DEFAULT_OPACITY, overlay
 from model.cam import normalise_cam
 from model.checkpoint import save_checkpoint
 from model.config import CLASS_FOLDERS, ModelConfig
 from model.network import create_network
 from model.predictor import Predictor, resolve_model_spec
+from serving.runtime import free_port
+from training.data import LUNG5
+from ui.common import DISPLAY_FORMAT
 
 REPO = Path(__file__).resolve().parent.parent
-LUNG5 = Path(os.environ.get("LUNGCAM_DATA", REPO.parent / "shared" / "data" / "lung5"))
 
 
 def make_uploads(folder: Path, count: int, side: int | None = 2048) -> list[Path]:
@@ -120,7 +120,9 @@ class Server:
 
 def ask(client: Client, upload: Path) -> dict:
     """One ``/predict`` call, as the README shows it."""
-    label, _, _, _ = client.predict(handle_file(str(upload)), 0.45, "jet", api_name="/predict")
+    label, _, _, _ = client.predict(
+        handle_file(str(upload)), DEFAULT_OPACITY, DEFAULT_COLORMAP, api_name="/predict"
+    )
     return label
 
 
@@ -184,12 +186,6 @@ def serve(
         log.close()
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def latency(url: str, upload: Path, requests: int) -> list[float]:
     """Seconds per sequential ``/predict`` call from one client."""
     client = Client(url, verbose=False)
@@ -223,7 +219,7 @@ def components(model: str, upload: Path, rounds: int, cache: Path) -> dict[str, 
         "decode_ms": lambda s: s.update(image=load_image(upload)),
         "preprocess_ms": lambda s: s.update(batch=predictor.preprocess(s["image"].pixels)[None]),
         "model_ms": lambda s: s.update(out=predictor.cam(s["batch"])),
-        "overlay_ms": lambda s: s.update(rgb=overlay(s["image"].pixels, _heatmap(s), 0.45, "jet")),
+        "overlay_ms": lambda s: s.update(rgb=overlay(s["image"].pixels, _heatmap(s))),
         "encode_ms": lambda s: processing_utils.save_img_array_to_cache(
             s["rgb"], str(cache), format=DISPLAY_FORMAT
         ),

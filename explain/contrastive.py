@@ -46,13 +46,10 @@ class ProbabilityMargin:
 
 def class_pair(predictor: Predictor, class_a: str, class_b: str) -> tuple[int, int]:
     """Indices of two different class names, or a ``ValueError`` naming the valid ones."""
-    labels = predictor.config.label_names
-    for name in (class_a, class_b):
-        if name not in labels:
-            raise ValueError(f"unknown class {name!r}; choose one of {labels}")
+    index_a, index_b = (predictor.config.class_index(name) for name in (class_a, class_b))
     if class_a == class_b:
         raise ValueError(f"a contrast needs two different classes; got {class_a!r} twice")
-    return labels.index(class_a), labels.index(class_b)
+    return index_a, index_b
 
 
 def contrast(
@@ -71,7 +68,7 @@ def contrast(
         raise ValueError(
             f"unknown contrastive method {method!r}; choose one of {CONTRASTIVE_METHODS}"
         )
-    batch = predictor.preprocess(prediction.image.pixels)[None].to(predictor.device)
+    batch = predictor.batch([prediction.image])
     with private_model(predictor) as model:
         cam = FinerCAM(model, [model.get_submodule(predictor.config.target_layer)])
         try:

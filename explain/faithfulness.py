@@ -71,7 +71,7 @@ def road_score(
     if heatmap.shape != image.pixels.shape:
         raise ValueError(f"heatmap {heatmap.shape} and image {image.pixels.shape} differ in size")
     height, width = predictor.config.image_size
-    batch = predictor.preprocess(image.pixels)[None].to(predictor.device)
+    batch = predictor.batch([image])
     cam = cv2.resize(np.float32(heatmap), (width, height), interpolation=cv2.INTER_AREA)
     target = target or ClassifierOutputSoftmaxTarget(class_index)
     return float(road_batch(predictor.model, batch, cam[None], [target], percentiles)[0])

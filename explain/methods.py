@@ -152,7 +152,7 @@ def explain(
     ):
         return source.heatmap(class_index)
     image = source.image if isinstance(source, Prediction) else source
-    batch = predictor.preprocess(image.pixels)[None].to(predictor.device)
+    batch = predictor.batch([image])
     with private_model(predictor) as model:
         cam = cam_batch(model, batch, method, [class_index], target_layer, batch_size)
     return to_image_size(cam[0], image.size)

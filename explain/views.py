@@ -43,7 +43,7 @@ def method_overlay(
     folder: Path,
 ) -> tuple[np.ndarray, list[str]]:
     """One method's overlay, and its heatmap + overlay PNGs (paths) in a new subfolder."""
-    index = _class_index(predictor, class_name)
+    index = predictor.config.class_index(class_name)
     heat = explain(predictor, prediction, method, index, target_layer)
     drawn = overlay(prediction.image.pixels, heat, opacity, colormap, contour)
     stem = f"{_slug(method)}-{_slug(class_name)}-{target_layer.rsplit('.', 1)[-1]}"
@@ -65,7 +65,7 @@ def side_by_side(
     """Overlays of 2–4 methods for the same image and class, captioned, for a gallery."""
     if not 2 <= len(methods) <= 4:
         raise ValueError(f"pick 2 to 4 methods to compare; got {len(methods)}")
-    index = _class_index(predictor, class_name)
+    index = predictor.config.class_index(class_name)
     return [
         (
             overlay(
@@ -99,17 +99,11 @@ def faithfulness_line(
     predictor: Predictor, prediction: Prediction, method: str, class_name: str, target_layer: str
 ) -> str:
     """The ROAD score of the shown map and one line on what it means."""
-    index = _class_index(predictor, class_name)
+    index = predictor.config.class_index(class_name)
     heat = explain(predictor, prediction, method, index, target_layer)
     score = road_score(predictor, prediction.image, heat, index)
     return f"**{method}, {class_name}** — {road_meaning(score, class_name)}"
 
-
-def _class_index(predictor: Predictor, class_name: str) -> int:
-    labels = predictor.config.label_names
-    if class_name not in labels:
-        raise ValueError(f"unknown class {class_name!r}; choose one of {labels}")
-    return labels.index(class_name)
 
 
 def _slug(text: str) -> str:

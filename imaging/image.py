@@ -15,6 +15,11 @@ MAX_PIXELS = 50_000_000  # decompression-bomb guard (50 MP)
 MAX_FILE_BYTES = 100 * 1024 * 1024
 DICOM_MAGIC = b"DICM"
 DICOM_SUFFIXES = (".dcm", ".dicom")
+# Every suffix the readers take (PIL's formats we document, then DICOM): what the batch CLI
+# collects from a folder. The content, not the name, picks the decoder (``load_image``).
+SUPPORTED_SUFFIXES = frozenset(
+    {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp", ".gif", *DICOM_SUFFIXES}
+)
 
 
 class ImageInputError(ValueError):

@@ -16,7 +16,11 @@ COLORMAPS: dict[str, int] = {
 }
 
 
-def colorize(heatmap: np.ndarray, colormap: str = "jet") -> np.ndarray:
+DEFAULT_OPACITY = 0.45  # the overlay style every screen, CLI and report starts from
+DEFAULT_COLORMAP = "jet"
+
+
+def colorize(heatmap: np.ndarray, colormap: str = DEFAULT_COLORMAP) -> np.ndarray:
     """[0, 1] map (H, W) → RGB uint8 (H, W, 3) through an OpenCV colormap."""
     if colormap not in COLORMAPS:
         raise ValueError(f"unknown colormap {colormap!r}; choose one of {sorted(COLORMAPS)}")
@@ -27,8 +31,8 @@ def colorize(heatmap: np.ndarray, colormap: str = "jet") -> np.ndarray:
 def overlay(
     gray: np.ndarray,
     heatmap: np.ndarray,
-    opacity: float = 0.45,
-    colormap: str = "jet",
+    opacity: float = DEFAULT_OPACITY,
+    colormap: str = DEFAULT_COLORMAP,
     contour: bool = False,
 ) -> np.ndarray:
     """Blend a [0, 1] heatmap over a grayscale image of the same size → RGB uint8.

@@ -15,10 +15,9 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from model.config import ModelConfig
+from model.config import CONFIG_FILE, ModelConfig
 from model.network import create_network
 
-CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 HUB_PREFIX = "hf-hub:"
 _STRIPPED_PREFIXES = ("module.", "model.")

@@ -14,6 +14,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
+
 # Class order is alphabetical by the Kaggle "Lung Disease Dataset (4 types)" folder names,
 # so it matches an ImageFolder over that layout. Display names are what the UI shows.
 CLASS_FOLDERS: tuple[str, ...] = (
@@ -30,6 +32,7 @@ CLASS_NAMES: tuple[str, ...] = (
     "Tuberculosis",
     "Viral Pneumonia",
 )
+CONFIG_FILE = "config.json"  # beside the weights in every checkpoint folder
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 DEFAULT_TARGET_LAYER = "features.denseblock4"
@@ -68,6 +71,10 @@ class ModelConfig:
     @property
     def num_classes(self) -> int:
         return len(self.label_names)
+
+    def class_index(self, class_name: str) -> int:
+        """The output index of ``class_name``, or a ``ValueError`` naming the valid classes."""
+        return class_index(self.label_names, class_name)
 
     @property
     def image_size(self) -> tuple[int, int]:
@@ -141,3 +148,22 @@ class ModelConfig:
     @classmethod
     def load(cls, path: str | Path) -> ModelConfig:
         return cls.from_dict(json.loads(Path(path).read_text()))
+
+
+def calibrated_softmax(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """Temperature scaling (Guo et al., ICML 2017): ``softmax(logits / T)`` over classes.
+
+    The one place the checkpoint's temperature is applied: the predictor (on its device) and
+    evaluation (float64 on the CPU) both call it.
+    """
+    return torch.softmax(logits / temperature, dim=1)
+
+
+def class_index(label_names: list[str], class_name: str) -> int:
+    """The index of ``class_name`` in ``label_names``, or a ``ValueError`` naming the valid ones.
+
+    The one class-name lookup: the config, predictions, the Explain views and the app use it.
+    """
+    if class_name not in label_names:
+        raise ValueError(f"unknown class {class_name!r}; choose one of {label_names}")
+    return label_names.index(class_name)

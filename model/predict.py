@@ -3,7 +3,8 @@
     python -m model.predict INPUTS... --out DIR [--model PATH] [--batch-size 8]
 
 INPUTS are files (any format ``load_image`` reads: PNG, JPEG, DICOM …), folders (searched
-recursively for .png/.jpg/.jpeg/.dcm/.dicom) and glob patterns (quoted, e.g. ``'scans/*.dcm'``).
+recursively for every suffix in ``imaging.image.SUPPORTED_SUFFIXES``) and glob patterns
+(quoted, e.g. ``'scans/*.dcm'``).
 Writes ``DIR/predictions.csv`` (one row per input, in input order; unreadable files get
 ``status=error`` and the reason) and ``DIR/overlays/<name>.png`` (the top class's heatmap at the
 image's own resolution). Exit status: 0 when every input was predicted, 1 when some failed.
@@ -22,11 +23,11 @@ from pathlib import Path
 from PIL import Image
 from tqdm import tqdm
 
+from imaging.image import SUPPORTED_SUFFIXES
 from imaging.load import decoded_batches
-from imaging.overlay import COLORMAPS, overlay
+from imaging.overlay import COLORMAPS, DEFAULT_COLORMAP, DEFAULT_OPACITY, overlay
 from model.predictor import Prediction, Predictor
 
-IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".dcm", ".dicom"})
 CSV_NAME = "predictions.csv"
 OVERLAY_DIR = "overlays"
 
@@ -51,7 +52,7 @@ def expand_inputs(inputs: Iterable[str]) -> list[Path]:
         path = Path(spec)
         if path.is_dir():
             found += sorted(
-                p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
+                p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in SUPPORTED_SUFFIXES
             )
         elif path.exists():
             found.append(path)
@@ -80,8 +81,8 @@ def predict_files(
     paths: Sequence[Path],
     out: Path,
     batch_size: int = 8,
-    opacity: float = 0.45,
-    colormap: str = "jet",
+    opacity: float = DEFAULT_OPACITY,
+    colormap: str = DEFAULT_COLORMAP,
     progress: bool = True,
 ) -> list[Row]:
     """Predict every file in batches and write overlays under ``out``; one ``Row`` per path."""
@@ -125,8 +126,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", help="checkpoint (default: $LUNGCAM_MODEL, else bundled)")
     parser.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--opacity", type=float, default=0.45)
-    parser.add_argument("--colormap", choices=sorted(COLORMAPS), default="jet")
+    parser.add_argument("--opacity", type=float, default=DEFAULT_OPACITY)
+    parser.add_argument("--colormap", choices=sorted(COLORMAPS), default=DEFAULT_COLORMAP)
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     args = parser.parse_args(argv)
     if args.batch_size < 1:

@@ -18,7 +18,7 @@ from torch import nn
 from imaging.image import LoadedImage
 from model.cam import AllClassGradCAM, normalise_cam
 from model.checkpoint import load_checkpoint
-from model.config import ModelConfig
+from model.config import CONFIG_FILE, ModelConfig, calibrated_softmax, class_index
 from model.network import create_network
 from model.ood import OODCheck, assess, load_feature_stats
 from model.transforms import build_transform, to_tensor
@@ -36,7 +36,7 @@ def resolve_model_spec(requested: str | None = None) -> str | None:
         return requested
     if os.environ.get(MODEL_ENV):
         return os.environ[MODEL_ENV]
-    return str(BUNDLED_MODEL) if (BUNDLED_MODEL / "config.json").is_file() else None
+    return str(BUNDLED_MODEL) if (BUNDLED_MODEL / CONFIG_FILE).is_file() else None
 
 
 def pick_device(requested: str | None = None) -> torch.device:
@@ -65,6 +65,10 @@ class Prediction:
     @property
     def top_label(self) -> str:
         return self.label_names[self.top_index]
+
+    def class_index(self, class_name: str) -> int:
+        """The index of ``class_name``, or a ``ValueError`` naming the valid classes."""
+        return class_index(self.label_names, class_name)
 
     def confidences(self) -> dict[str, float]:
         pairs = zip(self.label_names, self.probabilities, strict=True)
@@ -150,17 +154,21 @@ class Predictor:
         """(H, W) uint8 → (3, H', W') tensor through the checkpoint's own transform."""
         return to_tensor(pixels, self.transform)
 
+    def batch(self, images: Sequence[LoadedImage]) -> torch.Tensor:
+        """Decoded images → one (B, 3, H, W) input on the predictor's device and memory format
+        (channels_last on CUDA): the one way every caller builds a batch."""
+        batch = torch.stack([self.preprocess(im.pixels) for im in images])
+        return batch.to(self.device, memory_format=self.memory_format)
+
     def predict(self, image: LoadedImage) -> Prediction:
         return self.predict_many([image])[0]
 
     def predict_many(self, images: Sequence[LoadedImage]) -> list[Prediction]:
         """Batch of decoded images → one ``Prediction`` each, from a single batched forward."""
-        batch = torch.stack([self.preprocess(im.pixels) for im in images])
-        batch = batch.to(self.device, memory_format=self.memory_format)
-        logits, maps, pooled = self.cam(batch, return_pooled=True)
+        logits, maps, pooled = self.cam(self.batch(images), return_pooled=True)
         logits_np = logits.cpu().numpy()
         features = pooled.cpu().numpy()
-        probabilities = torch.softmax(logits / self.config.temperature, dim=1).cpu().numpy()
+        probabilities = calibrated_softmax(logits, self.config.temperature).cpu().numpy()
         return [
             Prediction(
                 self.config.label_names,

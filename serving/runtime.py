@@ -13,6 +13,7 @@ import ctypes
 import ctypes.util
 import importlib.util
 import os
+import socket
 from collections.abc import Callable
 from pathlib import Path
 
@@ -80,3 +81,10 @@ def make_predict(
     if max_batch_size == 1:
         return predictor.predict
     return MicroBatcher(predictor.predict_many, max_batch_size).submit
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port free on ``host`` now (the tests and benchmarks start servers on it)."""
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]

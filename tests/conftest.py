@@ -17,12 +17,14 @@ import pytest
 import torch
 from gradio_client import Client, handle_file
 
+from imaging.overlay import DEFAULT_COLORMAP, DEFAULT_OPACITY
 from model.checkpoint import save_checkpoint
 from model.config import CLASS_FOLDERS, ModelConfig
 from model.network import create_network
+from serving.runtime import free_port
+from training.data import LUNG5
 
 REPO = Path(__file__).resolve().parent.parent
-LUNG5 = Path(os.environ.get("LUNGCAM_DATA", REPO.parent / "shared" / "data" / "lung5"))
 BUNDLED_MODEL = REPO / "assets" / "model"
 
 
@@ -52,12 +54,6 @@ def make_checkpoint(folder: Path, image_size: int = 64, seed: int = 0) -> Path:
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def start_app(
@@ -113,4 +109,6 @@ def client(app_url: str) -> Client:
 
 def predict_api(client: Client, path: Path) -> tuple:
     """``/predict`` as the README shows it: (label, overlay path, shown class, notes)."""
-    return client.predict(handle_file(str(path)), 0.45, "jet", api_name="/predict")
+    return client.predict(
+        handle_file(str(path)), DEFAULT_OPACITY, DEFAULT_COLORMAP, api_name="/predict"
+    )

@@ -42,7 +42,7 @@ from review.store import (
     pixels_sha256,
     resolve_database_url,
 )
-from tests.conftest import free_port
+from serving.runtime import free_port
 
 LABELS = ["Bacterial Pneumonia", "COVID-19", "Normal", "Tuberculosis", "Viral Pneumonia"]
 PIXELS = np.arange(64 * 80, dtype=np.uint32).reshape(64, 80).astype(np.uint8)

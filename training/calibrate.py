@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from model.config import calibrated_softmax
+
 
 def fit_temperature(logits: np.ndarray, labels: np.ndarray, max_iter: int = 200) -> float:
     """The T > 0 that minimises the negative log-likelihood of ``softmax(logits / T)``.
@@ -27,4 +29,5 @@ def fit_temperature(logits: np.ndarray, labels: np.ndarray, max_iter: int = 200)
 
 
 def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
-    return torch.softmax(torch.as_tensor(logits, dtype=torch.float64) / temperature, dim=1).numpy()
+    """``calibrated_softmax`` on a NumPy array, in float64."""
+    return calibrated_softmax(torch.as_tensor(logits, dtype=torch.float64), temperature).numpy()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import logging
+import os
 import random
 import re
 from collections import Counter, defaultdict
@@ -16,13 +17,18 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from imaging.image import ImageInputError
+from imaging.image import SUPPORTED_SUFFIXES, ImageInputError
 from imaging.load import load_image
 from model.config import CLASS_FOLDERS
 from model.transforms import to_tensor
 
 log = logging.getLogger(__name__)
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".dcm"}
+IMAGE_SUFFIXES = SUPPORTED_SUFFIXES
+LUNG5_ENV = "LUNGCAM_DATA"
+# The lung5 data folder the tests and benchmarks read: $LUNGCAM_DATA, else ../shared/data/lung5.
+LUNG5 = Path(
+    os.environ.get(LUNG5_ENV, Path(__file__).resolve().parent.parent.parent / "shared/data/lung5")
+)
 MANIFEST = "manifest.csv"
 
 # Folder-name spellings seen in public chest X-ray sets, keyed by a normalised form.

@@ -67,7 +67,10 @@ def evaluate(
     result.update({k: result["calibrated"][k] for k in ("accuracy", "macro_f1", "macro_auroc")})
     if {"Bacterial Pneumonia", "Viral Pneumonia"} <= set(names):
         result["bacterial_vs_viral_auroc"] = binary_auroc(
-            labels, calibrated, names.index("Bacterial Pneumonia"), names.index("Viral Pneumonia")
+            labels,
+            calibrated,
+            predictor.config.class_index("Bacterial Pneumonia"),
+            predictor.config.class_index("Viral Pneumonia"),
         )
     sources = sorted({r.source for r in kept if r.source})
     if sources:

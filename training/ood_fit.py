@@ -21,8 +21,9 @@ from pathlib import Path
 
 import numpy as np
 
-from imaging.image import LoadedImage
-from imaging.load import load_image
+from imaging.image import ImageInputError, LoadedImage
+from imaging.load import decoded_batches, load_image
+from model.config import CONFIG_FILE, ModelConfig
 from model.ood import DEFAULT_COMPONENTS, DEFAULT_QUANTILE, FeatureStats
 from model.predictor import Predictor
 from training.data import load_splits, subsample
@@ -195,13 +196,22 @@ def _batched(items: Sequence, size: int) -> Iterator[Sequence]:
         yield items[start : start + size]
 
 
+def _predictions(predictor: Predictor, paths: Sequence[Path], batch_size: int) -> Iterator:
+    """Every path's ``Prediction`` in order, decoded by ``decoded_batches`` like the batch CLI
+    and evaluation; a file that cannot be read stops the run, naming it (labels must align)."""
+    failed: list[tuple[Path, str]] = []
+    for batch in decoded_batches(list(paths), batch_size, failed):
+        if failed:
+            break
+        yield from predictor.predict_many([image for _, image in batch])
+    if failed:
+        path, reason = failed[0]
+        raise ImageInputError(f"cannot fit or measure the guard on unreadable {path}: {reason}")
+
+
 def extract_features(predictor: Predictor, paths: Sequence[Path], batch_size: int) -> np.ndarray:
     """Pooled features (N, D) of ``paths`` through the predictor's own path."""
-    chunks = []
-    for chunk in _batched(list(paths), batch_size):
-        predictions = predictor.predict_many([load_image(p) for p in chunk])
-        chunks.append(np.stack([p.features for p in predictions]))
-    return np.concatenate(chunks)
+    return np.stack([p.features for p in _predictions(predictor, paths, batch_size)])
 
 
 def fit(args: argparse.Namespace) -> None:
@@ -228,10 +238,10 @@ def fit(args: argparse.Namespace) -> None:
             "date": datetime.date.today().isoformat(),
         },
     }
-    config_path = Path(args.model) / "config.json"
-    config = json.loads(config_path.read_text())
-    config.setdefault("lungcam", {})["ood"] = section
-    config_path.write_text(json.dumps(config, indent=2) + "\n")
+    config_path = Path(args.model) / CONFIG_FILE
+    config = ModelConfig.load(config_path)
+    config.ood = section
+    config.save(config_path)
     print(
         f"wrote lungcam.ood to {config_path}: {stats.basis.shape[0]} components, thresholds "
         f"distance {stats.distance_threshold:.2f}, residual {stats.residual_threshold:.2f}"
@@ -246,9 +256,8 @@ def measure(args: argparse.Namespace) -> None:
     records = load_splits(args.data)[args.split]
     if args.max_per_class:
         records = subsample(records, args.max_per_class, seed=1)
-    chest = []
-    for chunk in _batched(records, args.batch_size):
-        chest += [p.ood.warn for p in predictor.predict_many([load_image(r.path) for r in chunk])]
+    paths = [r.path for r in records]
+    chest = [p.ood.warn for p in _predictions(predictor, paths, args.batch_size)]
     kinds, others = zip(*non_chest_images(), strict=True)
     foreign = []
     for chunk in _batched(others, args.batch_size):

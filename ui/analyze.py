@@ -1,0 +1,61 @@
+"""Analyze tab: one upload → calibrated confidences, the top class's overlay and notes."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import gradio as gr
+import numpy as np
+
+from imaging.image import ImageInputError, LoadedImage
+from imaging.load import load_image
+from model.predictor import Prediction
+from ui.common import Case, describe_input, draw
+
+
+def analyze_upload(predict: Callable[[LoadedImage], Prediction], path: str | None) -> Case:
+    """Decode the upload at ``path`` once and predict once; a bad file becomes ``gr.Error``."""
+    if path is None:
+        raise gr.Error("Upload a chest X-ray (PNG, JPEG or DICOM) first.")
+    try:
+        image = load_image(path)
+    except ImageInputError as err:
+        raise gr.Error(str(err)) from err
+    return Case(path, predict(image))
+
+
+class AnalyzeHandlers:
+    """The Analyze tab's events, bound to the app's model call ``predict``."""
+
+    def __init__(self, predict: Callable[[LoadedImage], Prediction]) -> None:
+        self.predict = predict
+
+    def analyze(
+        self, path: str | None, opacity: float, colormap: str, cached: Case | None = None
+    ) -> tuple[dict[str, float], np.ndarray, Any, str, Case]:
+        """(confidences, overlay, shown-class update, notes, case) for the upload at ``path``.
+
+        An upload runs this at once and the Analyze button runs it again: the second call
+        finds the case cached for the same path and neither decodes nor predicts.
+        """
+        case = cached if cached is not None and cached.of(path) else None
+        case = case or analyze_upload(self.predict, path)
+        prediction = case.prediction
+        top = prediction.top_label
+        return (
+            prediction.confidences(),
+            draw(prediction, top, opacity, colormap),
+            gr.update(value=top),
+            describe_input(prediction.image, prediction.ood),
+            case,
+        )
+
+    @staticmethod
+    def redraw(
+        case: Case | None, class_name: str, opacity: float, colormap: str
+    ) -> np.ndarray | None:
+        """The cached case's overlay for another class, opacity or colormap (no model call)."""
+        if case is None:
+            return None
+        return draw(case.prediction, class_name, opacity, colormap)

@@ -1,0 +1,90 @@
+"""The review form under the Analyze tab: save a clinician's review, then its PDF report."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import gradio as gr
+
+from imaging.image import LoadedImage
+from model.config import ModelConfig
+from model.predictor import Prediction
+from review.report import write_case_report
+from review.store import Review, ReviewStore, draft_from_prediction
+from ui.analyze import analyze_upload
+from ui.common import DISCLAIMER, Case, draw
+
+
+class ReviewHandlers:
+    """Save reviews of the analysed case to ``store``; reports go to ``store``'s exports."""
+
+    def __init__(
+        self,
+        predict: Callable[[LoadedImage], Prediction],
+        config: ModelConfig,
+        store: ReviewStore,
+    ) -> None:
+        self.predict = predict
+        self.config = config
+        self.store = store
+        self.exports = store.data_dir / "exports"
+
+    def reviewed_case(self, path: str | None, cached: Case | None) -> Case:
+        """The cached case when it is of the image sent (no decode, no prediction); a fresh
+        analysis for API callers who send another image."""
+        if path is None:
+            if cached is None:
+                raise gr.Error("Upload a chest X-ray (or send one with the review) first.")
+            return cached
+        if cached is not None and cached.of(path):
+            return cached
+        return analyze_upload(self.predict, path)
+
+    def save_review(
+        self,
+        image: str | None,
+        shown_class: str | None,
+        agreement: str | None,
+        correct_class: str | None,
+        heatmap_usefulness: float,
+        heatmap_wrong_place: bool,
+        note: str | None,
+        reviewer: str | None,
+        store_image: bool,
+        review_id: str | None,
+        cached: Case | None,
+        request: gr.Request,
+    ) -> tuple[str, tuple[Review, Prediction]]:
+        """Validate and store one review; returns a status line and (review, prediction)."""
+        try:
+            prediction = self.reviewed_case(image, cached).prediction
+            draft = draft_from_prediction(
+                prediction,
+                self.config,
+                shown_class=shown_class,
+                agreement=agreement,
+                correct_class=correct_class,
+                heatmap_usefulness=heatmap_usefulness,
+                heatmap_wrong_place=heatmap_wrong_place,
+                note=note,
+                reviewer=getattr(request, "username", None) or reviewer or "",
+                review_id=review_id,
+            )
+            pixels = prediction.image.pixels if store_image else None
+            saved, created = self.store.add(draft, pixels)
+        except ValueError as err:
+            raise gr.Error(str(err)) from err
+        verb = "Saved" if created else "Already saved (same review_id)"
+        return f"{verb}: review `{saved.review_id}` by {saved.reviewer}.", (saved, prediction)
+
+    def make_report(
+        self, last: tuple[Review, Prediction] | None, opacity: float, colormap: str
+    ) -> str:
+        """The saved review's one-page PDF (path), with the overlay as reviewed."""
+        if last is None:
+            raise gr.Error("Save the review first: the report includes it.")
+        review, prediction = last
+        drawn = draw(prediction, review.shown_class, opacity, colormap)
+        path = Path(self.exports) / f"review-{review.review_id}.pdf"
+        return str(write_case_report(path, review, prediction.image.pixels, drawn, DISCLAIMER))
