@@ -55,6 +55,8 @@ class ModelConfig:
     target_layer: str = DEFAULT_TARGET_LAYER
     ood: dict[str, Any] | None = None
     weights_sha256: str = ""
+    clahe: bool = False  # CLAHE on every image, training and serving
+    lung_crop_margin: float | None = None  # crop to the lung fields ± this share; None: no crop
 
     def __post_init__(self) -> None:
         self.input_size = tuple(int(v) for v in self.input_size)  # type: ignore[assignment]
@@ -65,6 +67,8 @@ class ModelConfig:
             raise ValueError(f"input_size must be (3, H, W); got {self.input_size}")
         if self.interpolation not in INTERPOLATIONS:
             raise ValueError(f"interpolation {self.interpolation!r} is not one of {INTERPOLATIONS}")
+        if self.lung_crop_margin is not None and not 0 <= self.lung_crop_margin <= 1:
+            raise ValueError(f"lung_crop_margin must be in [0, 1]; got {self.lung_crop_margin}")
         if not self.temperature > 0:
             raise ValueError(f"temperature must be positive; got {self.temperature}")
 
@@ -108,6 +112,8 @@ class ModelConfig:
                     "target_layer",
                     "ood",
                     "weights_sha256",
+                    "clahe",
+                    "lung_crop_margin",
                 )
             },
         }

@@ -10,7 +10,7 @@ from PIL import Image
 from imaging.image import rescale_to_uint8
 from imaging.load import load_image, to_grayscale_uint8
 from model.config import ModelConfig
-from model.transforms import build_transform, to_tensor
+from model.transforms import CropBox, build_transform, lung_box, to_tensor
 
 GRADIENT = np.tile(np.linspace(0, 255, 128).astype(np.uint8), (96, 1))  # 96×128, left dark
 
@@ -82,3 +82,58 @@ def test_train_transform_differs_but_shares_the_tail():
 def test_rejects_color_arrays():
     with pytest.raises(ValueError, match=r"expected a \(H, W\) uint8"):
         to_tensor(np.zeros((8, 8, 3), np.uint8), build_transform(ModelConfig()))
+
+
+def test_clahe_runs_in_training_and_serving_alike():
+    config = ModelConfig(input_size=(3, 64, 64), clahe=True)
+    for transform in (build_transform(config, train=True), build_transform(config)):
+        names = [type(t).__name__ for t in transform.transforms]
+        assert names[-4:] == ["CLAHE", "ToRGB", "Normalize", "ToTensorV2"]
+    flat_contrast = np.tile(np.linspace(100, 140, 64).astype(np.uint8), (64, 1))
+    tensor = to_tensor(flat_contrast, build_transform(config))
+    # CLAHE stretches a 40-level ramp: the tensor spans clearly more than its 40/255.
+    span = float(tensor[0].max() - tensor[0].min()) * config.std[0]
+    assert span > 50 / 255
+
+
+def test_config_round_trips_crop_and_clahe(tmp_path):
+    config = ModelConfig(clahe=True, lung_crop_margin=0.1)
+    config.save(tmp_path / "config.json")
+    loaded = ModelConfig.load(tmp_path / "config.json")
+    assert loaded.clahe is True and loaded.lung_crop_margin == 0.1
+    with pytest.raises(ValueError, match="lung_crop_margin"):
+        ModelConfig(lung_crop_margin=1.5)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_augmentations_keep_shape_and_type(seed):
+    np.random.seed(seed)
+    transform = build_transform(ModelConfig(input_size=(3, 96, 96), clahe=True), train=True)
+    pixels = np.random.default_rng(seed).integers(0, 256, (150, 130), dtype=np.uint8)
+    assert to_tensor(pixels, transform).shape == (3, 96, 96)
+
+
+def test_lung_box_grows_by_the_margin_and_clips():
+    mask = np.zeros((100, 200), bool)
+    mask[20:60, 50:150] = True  # 100 wide, 40 high
+    assert lung_box(mask, 0.1) == CropBox(40, 16, 160, 64)
+    assert lung_box(mask, 1.0) == CropBox(0, 0, 200, 100)
+    assert lung_box(np.zeros((10, 10), bool), 0.1) is None
+
+
+def test_crop_box_applies_and_pastes_back():
+    pixels = np.arange(100 * 120, dtype=np.int64).reshape(100, 120) % 251
+    box = CropBox(10, 20, 70, 60)
+    assert box.apply(pixels.astype(np.uint8)).shape == (40, 60)
+    pasted = box.paste(np.ones((7, 7), np.float32), (120, 100))
+    assert pasted.shape == (100, 120)
+    assert pasted[20:60, 10:70].min() == 1.0 and pasted.sum() == 40 * 60
+    assert CropBox.whole(pixels).covers(pixels) and not box.covers(pixels)
+
+
+def test_jittered_box_stays_inside_the_image():
+    rng = np.random.default_rng(0)
+    box = CropBox(5, 5, 95, 75)
+    for _ in range(200):
+        moved = box.jittered((80, 100), rng, 0.2)
+        assert 0 <= moved.x0 < moved.x1 <= 100 and 0 <= moved.y0 < moved.y1 <= 80
