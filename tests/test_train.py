@@ -78,7 +78,7 @@ def _one_step(model, stage, args, data_root):
     records = scan_class_folders(data_root / "train")[:4]
     loader = DataLoader(XrayDataset(records, build_transform(ModelConfig(input_size=(3, 64, 64)))),
                         batch_size=4)
-    params = trainer.set_stage(model, stage)
+    params = trainer.set_stage(model, stage, args.freeze_blocks)
     optimizer, scheduler = trainer.make_optimizer(params, stage, args, steps=1)
     trainer.train_one_epoch(model, loader, stage, optimizer, scheduler,
                              torch.nn.CrossEntropyLoss(), torch.device("cpu"), amp=False)
@@ -129,3 +129,13 @@ def test_pretrained_without_hub_stops_with_a_clear_message(tiny_data, tmp_path, 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(SystemExit, match="could not fetch ImageNet weights"):
         trainer.main(["--data", str(tiny_data), "--out", str(tmp_path), "--pretrained"])
+
+
+def test_frozen_blocks_keep_weights_and_batchnorm_statistics(tiny_data, tmp_path):
+    model = create_network(ModelConfig(input_size=(3, 64, 64)))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    _one_step(model, "full", _args(tiny_data, tmp_path, "--freeze-blocks", "2"), tiny_data)
+    after = model.state_dict()
+    changed = {k.split(".")[1] for k in before if not torch.equal(before[k], after[k])}
+    assert not changed & {"conv0", "norm0", "denseblock1", "transition1", "denseblock2"}
+    assert {"transition2", "denseblock3", "denseblock4", "norm5"} <= changed

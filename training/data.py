@@ -8,6 +8,7 @@ import os
 import random
 import re
 from collections import Counter, defaultdict
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +21,7 @@ from torch.utils.data import Dataset
 from imaging.image import SUPPORTED_SUFFIXES, ImageInputError
 from imaging.load import load_image
 from model.config import CLASS_FOLDERS
-from model.transforms import to_tensor
+from model.transforms import CropBox, to_tensor
 
 log = logging.getLogger(__name__)
 IMAGE_SUFFIXES = SUPPORTED_SUFFIXES
@@ -134,9 +135,18 @@ class XrayDataset(Dataset):
     """Decodes every image once (in threads) through ``load_image`` and keeps the pixels.
 
     Unreadable files are skipped and counted in ``skipped`` instead of failing mid-epoch.
+    ``framing`` gives each image's ``CropBox`` once (the lung fields, as serving crops them;
+    default: the whole image); ``jitter`` moves the box's edges at random for training.
     """
 
-    def __init__(self, records: list[ImageRecord], transform: A.Compose, workers: int = 8):
+    def __init__(
+        self,
+        records: list[ImageRecord],
+        transform: A.Compose,
+        workers: int = 8,
+        framing: Callable[[list[np.ndarray]], list[CropBox]] | None = None,
+        jitter: float = 0.0,
+    ):
         with ThreadPoolExecutor(max_workers=workers) as pool:
             decoded = list(pool.map(_decode_or_none, records))
         self.records = [r for r, px in zip(records, decoded, strict=True) if px is not None]
@@ -145,12 +155,17 @@ class XrayDataset(Dataset):
         if self.skipped:
             log.warning("skipped %d unreadable images, e.g. %s", len(self.skipped), self.skipped[0])
         self.transform = transform
+        self.boxes = framing(self.pixels) if framing else [CropBox.whole(p) for p in self.pixels]
+        self.jitter = jitter
 
     def __len__(self) -> int:
         return len(self.records)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
-        return to_tensor(self.pixels[index], self.transform), self.records[index].label
+        pixels, box = self.pixels[index], self.boxes[index]
+        if self.jitter:
+            box = box.jittered(pixels.shape, np.random.default_rng(), self.jitter)
+        return to_tensor(box.apply(pixels), self.transform), self.records[index].label
 
 
 def _decode_or_none(record: ImageRecord) -> np.ndarray | None:

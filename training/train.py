@@ -15,6 +15,7 @@ import random
 import shlex
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -28,9 +29,17 @@ from model.checkpoint import load_checkpoint, save_checkpoint
 from model.config import ModelConfig
 from model.network import create_network
 from model.predictor import pick_device
-from model.transforms import build_transform
+from model.segmenter import LungSegmenter
+from model.transforms import CropBox, build_transform, lung_box
 from training.calibrate import fit_temperature
-from training.data import XrayDataset, class_counts, load_splits, subsample
+from training.data import XrayDataset, class_counts, subsample
+from training.sources import (
+    BALANCE_MODES,
+    describe_cells,
+    load_folders,
+    loss_class_weights,
+    make_sampler,
+)
 
 log = logging.getLogger("lungcam.train")
 STAGES = ("head", "full")
@@ -39,7 +48,13 @@ STAGES = ("head", "full")
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     add = parser.add_argument
-    add("--data", required=True, help="split root (train/ val/ [test/]) or one folder of classes")
+    add(
+        "--data",
+        required=True,
+        nargs="+",
+        help="one or more split roots (train/ val/ [test/]) or folders of classes; class "
+        "folders merge by name, each folder's manifest.csv names the sources",
+    )
     add("--out", required=True, help="output folder: best/ checkpoint, last.pt, metrics.jsonl")
     add("--image-size", type=int, default=224)
     add("--batch-size", type=int, default=32)
@@ -57,7 +72,30 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="early stop after N epochs without a better val macro-F1",
     )
     add("--max-per-class", type=int, default=0, help="subsample each class (0: all)")
-    add("--balance", choices=("loss", "none"), default="loss", help="class-weighted loss")
+    add(
+        "--balance",
+        choices=BALANCE_MODES,
+        default="class-source",
+        help="class-source: sample every class and every source within it equally (default); "
+        "class: classes equally; loss: class-weighted loss; none",
+    )
+    add("--samples-per-epoch", type=int, default=0, help="draws per epoch (0: train set size)")
+    add("--clahe", action="store_true", help="CLAHE on every image (stored in the config)")
+    add(
+        "--lung-crop-margin",
+        type=float,
+        default=None,
+        help="crop every image to its lung fields ± this share (needs the segmenter; stored "
+        "in the config so serving crops the same way)",
+    )
+    add("--crop-jitter", type=float, default=0.05, help="random move of the crop's edges")
+    add("--segmenter", default=None, help="lung segmenter folder (default: the bundled one)")
+    add(
+        "--freeze-blocks",
+        type=int,
+        default=0,
+        help="in the full stage keep the stem and the first N dense blocks frozen (0-3)",
+    )
     add(
         "--pretrained",
         action="store_true",
@@ -75,14 +113,27 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def set_stage(model: nn.Module, stage: str) -> list[nn.Parameter]:
-    """Freeze the backbone for ``head``, unfreeze all for ``full``; return trainable params."""
-    head = list(model.get_classifier().parameters())
+def set_stage(model: nn.Module, stage: str, freeze_blocks: int = 0) -> list[nn.Parameter]:
+    """Freeze the backbone for ``head``; for ``full`` unfreeze all but the stem and the first
+    ``freeze_blocks`` dense blocks (their generic edge filters need no change, and skipping
+    their backward makes a CPU epoch much shorter). Returns the trainable parameters."""
     for param in model.parameters():
         param.requires_grad_(stage == "full")
-    for param in head:
-        param.requires_grad_(True)
-    return list(model.parameters()) if stage == "full" else head
+    if stage == "full" and freeze_blocks:
+        names = [name for name, _ in model.features.named_children()]
+        cut = names.index(f"denseblock{freeze_blocks}") + 1
+        for child in list(model.features.children())[:cut]:
+            child.requires_grad_(False)
+    model.get_classifier().requires_grad_(True)
+    return [p for p in model.parameters() if p.requires_grad]
+
+
+def set_train_mode(model: nn.Module) -> None:
+    """Training mode, except for frozen BatchNorm layers: their statistics must not move."""
+    model.train()
+    for module in model.modules():
+        if isinstance(module, nn.BatchNorm2d) and not module.weight.requires_grad:
+            module.eval()
 
 
 def make_optimizer(
@@ -109,9 +160,7 @@ def train_one_epoch(
     device: torch.device,
     amp: bool,
 ) -> float:
-    # A frozen backbone stays in eval mode so its BatchNorm statistics do not move either.
-    model.train(stage == "full")
-    model.get_classifier().train()
+    set_train_mode(model)
     total, seen = 0.0, 0
     for images, labels in tqdm(loader, desc=stage, leave=False, disable=None):
         images = images.to(device, non_blocking=True)
@@ -143,6 +192,29 @@ def collect_logits(
     return torch.cat(outputs).numpy(), torch.cat(targets).numpy()
 
 
+def lung_framing(
+    segmenter_path: str | None, config: ModelConfig
+) -> Callable[[list[np.ndarray]], list[CropBox]] | None:
+    """The lung-field boxes serving will crop to, for ``config.lung_crop_margin`` (else None)."""
+    if config.lung_crop_margin is None:
+        return None
+    segmenter = LungSegmenter.load(segmenter_path)
+    margin = config.lung_crop_margin
+
+    def framing(images: list[np.ndarray]) -> list[CropBox]:
+        boxes: list[CropBox] = []
+        for start in tqdm(range(0, len(images), 32), desc="lung fields", disable=None):
+            chunk = images[start : start + 32]
+            masks = segmenter.analyse_many(chunk)
+            boxes.extend(
+                lung_box(lungs.mask, margin) or CropBox.whole(pixels)
+                for pixels, lungs in zip(chunk, masks, strict=True)
+            )
+        return boxes
+
+    return framing
+
+
 def train(args: argparse.Namespace) -> Path:
     """Run both stages, keep the best val macro-F1 weights, fit the temperature, save."""
     random.seed(args.seed)
@@ -153,10 +225,14 @@ def train(args: argparse.Namespace) -> Path:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
 
-    splits = load_splits(args.data, seed=args.seed)
+    splits = load_folders(args.data, seed=args.seed)
     if args.max_per_class:
         splits = {k: subsample(v, args.max_per_class, args.seed) for k, v in splits.items()}
-    config = ModelConfig(input_size=(3, args.image_size, args.image_size))
+    config = ModelConfig(
+        input_size=(3, args.image_size, args.image_size),
+        clahe=args.clahe,
+        lung_crop_margin=args.lung_crop_margin,
+    )
     if args.init_from:
         model, init_config = load_checkpoint(args.init_from, "cpu")
         config.mean, config.std = init_config.mean, init_config.std
@@ -166,33 +242,38 @@ def train(args: argparse.Namespace) -> Path:
     if device.type == "cuda":
         model.to(memory_format=torch.channels_last)
 
+    framing = lung_framing(args.segmenter, config)
+    threads = max(4, args.workers * 4)
     train_set = XrayDataset(
-        splits["train"], build_transform(config, train=True), max(4, args.workers * 4)
+        splits["train"],
+        build_transform(config, train=True),
+        threads,
+        framing,
+        args.crop_jitter if framing else 0.0,
     )
-    val_set = XrayDataset(splits["val"], build_transform(config), max(4, args.workers * 4))
+    val_set = XrayDataset(splits["val"], build_transform(config), threads, framing)
     loader_kw = dict(
         num_workers=args.workers,
         pin_memory=device.type == "cuda",
         persistent_workers=args.workers > 0,
     )
+    draws = args.samples_per_epoch or len(train_set)
     train_loader = DataLoader(
         train_set,
         args.batch_size,
-        shuffle=True,
-        drop_last=len(train_set) > args.batch_size,  # no empty epoch on tiny sets
-        generator=torch.Generator().manual_seed(args.seed),
+        sampler=make_sampler(train_set.records, args.balance, draws, args.seed),
+        drop_last=draws > args.batch_size,  # no empty epoch on tiny sets
         **loader_kw,
     )
     val_loader = DataLoader(val_set, args.batch_size * 2, **loader_kw)
     counts = class_counts(train_set.records, config.num_classes)
-    weights = (
-        counts.sum() / (len(counts) * np.maximum(counts, 1)) if args.balance == "loss" else None
-    )
+    weights = loss_class_weights(train_set.records, config.num_classes, args.balance)
     loss_fn = nn.CrossEntropyLoss(
         weight=torch.tensor(weights, dtype=torch.float32, device=device)
         if weights is not None
         else None
     )
+    log.info("train cells: %s", describe_cells(train_set.records, config.label_names))
     log.info(
         "train %s, val %d images, skipped %d unreadable",
         counts.tolist(),
@@ -215,7 +296,7 @@ def train(args: argparse.Namespace) -> Path:
     for stage_index, (stage, epochs) in enumerate(plan):
         if stage_index < state["stage"] or epochs == 0:
             continue
-        params = set_stage(model, stage)
+        params = set_stage(model, stage, args.freeze_blocks)
         optimizer, scheduler = make_optimizer(params, stage, args, epochs * len(train_loader))
         first_epoch = 0
         if resume and stage_index == resume["stage"]:
