@@ -132,7 +132,7 @@ def contrastive_table(predictor: Predictor, paths: list[Path]) -> str:
         b = max((k for k in confusable if k != a), key=lambda k: prediction.probabilities[k])
         images.append(prediction)
         pairs.append((a, b))
-    batch = torch.stack([predictor.preprocess(p.image.pixels) for p in images])
+    batch = predictor.batch([p.image for p in images], [p.box for p in images])
     height, width = predictor.config.image_size
     targets = [ProbabilityMargin(a, b) for a, b in pairs]
 

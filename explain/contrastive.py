@@ -24,9 +24,9 @@ import torch
 from pytorch_grad_cam import FinerCAM
 from pytorch_grad_cam.utils.model_targets import FinerWeightedTarget
 
-from explain.methods import private_model, to_image_size
-from model.cam import normalise_cam
+from explain.methods import private_model, to_image
 from model.predictor import Prediction, Predictor
+from model.transforms import CropBox
 
 CONFUSABLE: tuple[str, ...] = ("Bacterial Pneumonia", "Viral Pneumonia", "COVID-19")
 CONTRASTIVE_METHODS: tuple[str, ...] = ("difference", "FinerCAM")
@@ -63,16 +63,17 @@ def contrast(
     index_a, index_b = class_pair(predictor, class_a, class_b)
     if method == "difference":
         raw = prediction.raw_cams
-        return normalise_cam(np.maximum(raw[index_a] - raw[index_b], 0.0), prediction.image.size)
+        return prediction.to_image(np.maximum(raw[index_a] - raw[index_b], 0.0))
     if method != "FinerCAM":
         raise ValueError(
             f"unknown contrastive method {method!r}; choose one of {CONTRASTIVE_METHODS}"
         )
-    batch = predictor.batch([prediction.image])
+    box = prediction.box or CropBox.whole(prediction.image.pixels)
+    batch = predictor.batch([prediction.image], [box])
     with private_model(predictor) as model:
         cam = FinerCAM(model, [model.get_submodule(predictor.config.target_layer)])
         try:
             maps = cam(batch, [FinerWeightedTarget(index_a, [index_b], alpha=1.0)])
         finally:
             cam.base_cam.activations_and_grads.release()
-    return to_image_size(maps[0], prediction.image.size)
+    return to_image(maps[0], box, prediction.image.size)

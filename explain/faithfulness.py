@@ -26,6 +26,7 @@ from torch import nn
 
 from imaging.image import LoadedImage
 from model.predictor import Predictor
+from model.transforms import CropBox
 
 # ROAD thresholds: keep 20/40/60/80 % of the pixels: 8 sparse solves per map instead of the
 # library default's 18 (10..90 in steps of 10), so a score takes seconds, not half a minute.
@@ -63,16 +64,20 @@ def road_score(
     class_index: int,
     target: Callable[[torch.Tensor], torch.Tensor] | None = None,
     percentiles: Sequence[int] = ROAD_PERCENTILES,
+    box: CropBox | None = None,
 ) -> float:
     """ROAD score of ``heatmap`` ((H, W) at image resolution) for ``class_index``'s probability.
 
-    ``target`` overrides what is measured (e.g. a probability margin for a contrastive map).
+    ``target`` overrides what is measured (e.g. a probability margin for a contrastive map);
+    ``box`` is the crop the network sees (``Prediction.box``; found again when not given).
     """
     if heatmap.shape != image.pixels.shape:
         raise ValueError(f"heatmap {heatmap.shape} and image {image.pixels.shape} differ in size")
     height, width = predictor.config.image_size
-    batch = predictor.batch([image])
-    cam = cv2.resize(np.float32(heatmap), (width, height), interpolation=cv2.INTER_AREA)
+    box = box or predictor.frame([image])[1][0]
+    batch = predictor.batch([image], [box])
+    seen = np.float32(box.apply(heatmap))
+    cam = cv2.resize(seen, (width, height), interpolation=cv2.INTER_AREA)
     target = target or ClassifierOutputSoftmaxTarget(class_index)
     return float(road_batch(predictor.model, batch, cam[None], [target], percentiles)[0])
 

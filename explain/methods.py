@@ -45,6 +45,7 @@ from torch import nn
 
 from imaging.image import LoadedImage
 from model.predictor import Prediction, Predictor
+from model.transforms import CropBox
 
 METHODS: dict[str, type[BaseCAM]] = {
     "Grad-CAM": GradCAM,
@@ -152,15 +153,20 @@ def explain(
     ):
         return source.heatmap(class_index)
     image = source.image if isinstance(source, Prediction) else source
-    batch = predictor.batch([image])
+    box = source.box if isinstance(source, Prediction) else None
+    box = box or predictor.frame([image])[1][0]
+    batch = predictor.batch([image], [box])
     with private_model(predictor) as model:
         cam = cam_batch(model, batch, method, [class_index], target_layer, batch_size)
-    return to_image_size(cam[0], image.size)
+    return to_image(cam[0], box, image.size)
 
 
-def to_image_size(cam: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """A [0, 1] map at network resolution → [0, 1] map of ``size`` = (width, height)."""
-    return scale_cam_image(cam[None], size)[0]
+def to_image(cam: np.ndarray, box: CropBox, size: tuple[int, int]) -> np.ndarray:
+    """A [0, 1] map at network resolution → [0, 1] map over the image of ``size`` = (W, H),
+    0 outside ``box``, the part of the image the network saw."""
+    if box.size == size:
+        return scale_cam_image(cam[None], size)[0]
+    return box.paste(scale_cam_image(cam[None], box.size)[0], size)
 
 
 def score_cam_seconds(predictor: Predictor, target_layer: str, probe_images: int = 4) -> float:

@@ -101,7 +101,7 @@ def faithfulness_line(
     """The ROAD score of the shown map and one line on what it means."""
     index = predictor.config.class_index(class_name)
     heat = explain(predictor, prediction, method, index, target_layer)
-    score = road_score(predictor, prediction.image, heat, index)
+    score = road_score(predictor, prediction.image, heat, index, box=prediction.box)
     return f"**{method}, {class_name}** — {road_meaning(score, class_name)}"
 
 

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import cv2
 import numpy as np
 import torch
 from torch import nn
@@ -21,10 +22,12 @@ from model.checkpoint import load_checkpoint
 from model.config import CONFIG_FILE, ModelConfig, calibrated_softmax, class_index
 from model.network import create_network
 from model.ood import OODCheck, assess, load_feature_stats
-from model.transforms import build_transform, to_tensor
+from model.segmenter import DEFAULT_SEGMENTER, LungMask, LungSegmenter, heatmap_share_on_lungs
+from model.transforms import CropBox, build_transform, lung_box, to_tensor
 
 BUNDLED_MODEL = Path(__file__).resolve().parent.parent / "assets" / "model"
 MODEL_ENV = "LUNGCAM_MODEL"
+SHARE_GRID = 256
 
 
 def resolve_model_spec(requested: str | None = None) -> str | None:
@@ -37,6 +40,18 @@ def resolve_model_spec(requested: str | None = None) -> str | None:
     if os.environ.get(MODEL_ENV):
         return os.environ[MODEL_ENV]
     return str(BUNDLED_MODEL) if (BUNDLED_MODEL / CONFIG_FILE).is_file() else None
+
+
+def load_segmenter(requested: str | None, checkpoint: str | None) -> LungSegmenter | None:
+    """The lung segmenter: ``requested``, else ``<checkpoint>/segmenter``, else the bundled one
+    (None when there is none, e.g. a bare clone without ``assets/segmenter``)."""
+    if requested:
+        return LungSegmenter.load(requested)
+    if checkpoint and (Path(checkpoint) / "segmenter" / CONFIG_FILE).is_file():
+        return LungSegmenter.load(Path(checkpoint) / "segmenter")
+    if (DEFAULT_SEGMENTER / CONFIG_FILE).is_file():
+        return LungSegmenter.load(DEFAULT_SEGMENTER)
+    return None
 
 
 def pick_device(requested: str | None = None) -> torch.device:
@@ -57,6 +72,8 @@ class Prediction:
     image: LoadedImage
     features: np.ndarray | None = None  # (D,) pooled pre-logit features of the same forward
     ood: OODCheck = field(default_factory=OODCheck)  # the not-a-chest-X-ray guard's verdict
+    box: CropBox | None = None  # the part of the image the network saw (None: all of it)
+    lungs: LungMask | None = None  # the lung fields, when a segmenter is loaded
 
     @property
     def top_index(self) -> int:
@@ -74,13 +91,50 @@ class Prediction:
         pairs = zip(self.label_names, self.probabilities, strict=True)
         return {name: float(p) for name, p in pairs}
 
+    @property
+    def cropped(self) -> bool:
+        """Whether the network saw only part of the image (its lung fields)."""
+        return self.box is not None and not self.box.covers(self.image.pixels)
+
     def heatmap(self, class_index: int, size: tuple[int, int] | None = None) -> np.ndarray:
-        """Class ``class_index``'s map in [0, 1] at ``size`` (width, height), default image size."""
+        """Class ``class_index``'s map in [0, 1] at ``size`` (width, height), default image size.
+
+        When the network saw a crop, the map covers the crop and is 0 outside it.
+        """
         if not 0 <= class_index < len(self.label_names):
             raise ValueError(
                 f"class index {class_index} out of range 0..{len(self.label_names) - 1}"
             )
-        return normalise_cam(self.raw_cams[class_index], size or self.image.size)
+        return self.to_image(self.raw_cams[class_index], size)
+
+    def to_image(self, raw: np.ndarray, size: tuple[int, int] | None = None) -> np.ndarray:
+        """A raw (h, w) CAM of what the network saw → [0, 1] map over the image at ``size``
+        (default the image's own), 0 outside the crop."""
+        size = size or self.image.size
+        if not self.cropped:
+            return normalise_cam(raw, size)
+        return self.place(normalise_cam(raw, self.box.size), size)
+
+    def place(self, seen: np.ndarray, size: tuple[int, int] | None = None) -> np.ndarray:
+        """A map over what the network saw (any resolution) → over the whole image at ``size``
+        (default the image's own), 0 outside the crop."""
+        size = size or self.image.size
+        box = self.box if self.cropped else CropBox.whole(self.image.pixels)
+        return box.paste(seen, self.image.size, size)
+
+    def lung_share(self, class_index: int) -> float | None:
+        """Share of class ``class_index``'s heatmap energy on the lung fields (None: not found).
+
+        Computed on a grid of at most ``SHARE_GRID`` px a side: the 7×7 map holds no finer
+        detail, and a 2048² upload would otherwise cost a full-size map per class.
+        """
+        if self.lungs is None or not self.lungs.found:
+            return None
+        width, height = self.image.size
+        scale = min(1.0, SHARE_GRID / max(width, height))
+        size = (max(1, round(width * scale)), max(1, round(height * scale)))
+        mask = cv2.resize(self.lungs.mask.astype(np.uint8), size, interpolation=cv2.INTER_NEAREST)
+        return heatmap_share_on_lungs(self.heatmap(class_index, size), mask.astype(bool))
 
 
 def pick_autocast(device: torch.device, amp: bool | None = None) -> torch.dtype | None:
@@ -112,7 +166,14 @@ class Predictor:
         *,
         amp: bool | None = None,
         compile: bool = False,
+        segmenter: LungSegmenter | None = None,
     ) -> None:
+        if config.lung_crop_margin is not None and segmenter is None:
+            raise ValueError(
+                f"model {config.version!r} crops its input to the lung fields and needs the lung "
+                f"segmenter; none was found (bundled: {DEFAULT_SEGMENTER})"
+            )
+        self.segmenter = segmenter
         self.memory_format = (
             torch.channels_last if device.type == "cuda" else torch.contiguous_format
         )
@@ -133,8 +194,13 @@ class Predictor:
         *,
         amp: bool | None = None,
         compile: bool = False,
+        segmenter: str | None = None,
     ) -> Predictor:
-        """Load ``spec`` (see ``resolve_model_spec``); untrained weights if there is none."""
+        """Load ``spec`` (see ``resolve_model_spec``); untrained weights if there is none.
+
+        The lung segmenter comes from ``segmenter``, else a ``segmenter/`` folder inside the
+        checkpoint folder, else the bundled one; without any, no lung fields are measured.
+        """
         target = pick_device(device)
         resolved = resolve_model_spec(spec)
         if resolved is None:
@@ -143,7 +209,14 @@ class Predictor:
             model = create_network(config)
         else:
             model, config = load_checkpoint(resolved, target)
-        return cls(model, config, target, amp=amp, compile=compile)
+        return cls(
+            model,
+            config,
+            target,
+            amp=amp,
+            compile=compile,
+            segmenter=load_segmenter(segmenter, resolved),
+        )
 
     @property
     def description(self) -> str:
@@ -154,10 +227,30 @@ class Predictor:
         """(H, W) uint8 → (3, H', W') tensor through the checkpoint's own transform."""
         return to_tensor(pixels, self.transform)
 
-    def batch(self, images: Sequence[LoadedImage]) -> torch.Tensor:
+    def frame(self, images: Sequence[LoadedImage]) -> tuple[list[LungMask | None], list[CropBox]]:
+        """Each image's lung fields (when a segmenter is loaded) and the box the network sees:
+        the lung fields ± the config's margin for a model trained on such crops, else all."""
+        if self.segmenter is None:
+            return [None] * len(images), [CropBox.whole(im.pixels) for im in images]
+        lungs = self.segmenter.analyse_many([im.pixels for im in images])
+        margin = self.config.lung_crop_margin
+        boxes = [
+            (lung_box(found.mask, margin) if margin is not None else None)
+            or CropBox.whole(im.pixels)
+            for im, found in zip(images, lungs, strict=True)
+        ]
+        return list(lungs), boxes
+
+    def batch(
+        self, images: Sequence[LoadedImage], boxes: Sequence[CropBox] | None = None
+    ) -> torch.Tensor:
         """Decoded images → one (B, 3, H, W) input on the predictor's device and memory format
-        (channels_last on CUDA): the one way every caller builds a batch."""
-        batch = torch.stack([self.preprocess(im.pixels) for im in images])
+        (channels_last on CUDA): the one way every caller builds a batch. ``boxes`` are the
+        crops from ``frame`` (found again when not given)."""
+        boxes = boxes if boxes is not None else self.frame(images)[1]
+        batch = torch.stack(
+            [self.preprocess(box.apply(im.pixels)) for im, box in zip(images, boxes, strict=True)]
+        )
         return batch.to(self.device, memory_format=self.memory_format)
 
     def predict(self, image: LoadedImage) -> Prediction:
@@ -165,7 +258,8 @@ class Predictor:
 
     def predict_many(self, images: Sequence[LoadedImage]) -> list[Prediction]:
         """Batch of decoded images → one ``Prediction`` each, from a single batched forward."""
-        logits, maps, pooled = self.cam(self.batch(images), return_pooled=True)
+        lungs, boxes = self.frame(images)
+        logits, maps, pooled = self.cam(self.batch(images, boxes), return_pooled=True)
         logits_np = logits.cpu().numpy()
         features = pooled.cpu().numpy()
         probabilities = calibrated_softmax(logits, self.config.temperature).cpu().numpy()
@@ -178,6 +272,8 @@ class Predictor:
                 im,
                 features[i],
                 assess(im, features[i], self.ood_stats),
+                boxes[i],
+                lungs[i],
             )
             for i, im in enumerate(images)
         ]

@@ -54,14 +54,27 @@ class CropBox:
     def apply(self, pixels: np.ndarray) -> np.ndarray:
         return pixels[self.y0 : self.y1, self.x0 : self.x1]
 
-    def paste(self, region: np.ndarray, image_size: tuple[int, int]) -> np.ndarray:
-        """A map of the box (any resolution) → a map of ``image_size`` (W, H), 0 outside."""
+    def paste(
+        self,
+        region: np.ndarray,
+        image_size: tuple[int, int],
+        out_size: tuple[int, int] | None = None,
+    ) -> np.ndarray:
+        """A map of the box (any resolution) → a map of the image, 0 outside the box.
+
+        ``image_size`` is the image's (W, H); the result has ``out_size`` (W, H), default the
+        image's own, with the box scaled to it.
+        """
         width, height = image_size
-        out = np.zeros((height, width), dtype=np.float32)
-        box_w, box_h = self.size
-        if region.shape != (box_h, box_w):
-            region = cv2.resize(region.astype(np.float32), (box_w, box_h), cv2.INTER_LINEAR)
-        out[self.y0 : self.y1, self.x0 : self.x1] = region
+        out_w, out_h = out_size or image_size
+        scale_x, scale_y = out_w / width, out_h / height
+        x0, y0 = min(round(self.x0 * scale_x), out_w - 1), min(round(self.y0 * scale_y), out_h - 1)
+        x1 = min(max(round(self.x1 * scale_x), x0 + 1), out_w)
+        y1 = min(max(round(self.y1 * scale_y), y0 + 1), out_h)
+        out = np.zeros((out_h, out_w), dtype=np.float32)
+        if region.shape != (y1 - y0, x1 - x0):
+            region = cv2.resize(region.astype(np.float32), (x1 - x0, y1 - y0), cv2.INTER_LINEAR)
+        out[y0:y1, x0:x1] = region
         return out
 
     def jittered(self, shape: tuple[int, int], rng: np.random.Generator, amount: float) -> CropBox:
