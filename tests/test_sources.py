@@ -9,7 +9,7 @@ import pytest
 from torch.utils.data import RandomSampler, WeightedRandomSampler
 
 from model.config import CLASS_FOLDERS
-from training.data import ImageRecord
+from training.data import LUNG5, ImageRecord
 from training.sources import (
     balance_weights,
     cell_counts,
@@ -133,3 +133,12 @@ def test_loss_is_unweighted_unless_the_loss_does_the_balancing(mode):
 
 def test_loss_mode_weighs_classes_inversely():
     np.testing.assert_allclose(loss_class_weights(RECORDS, 3, "loss"), [6 / 12, 6 / 6, 6 / 3])
+
+
+def test_real_folders_with_some_classes_merge_into_all_five():
+    splits = load_folders([LUNG5, LUNG5.parent / "lung5-extra"])
+    sources = {r.source for r in splits["train"]}
+    assert any("NIH" in s for s in sources) and any("Hannover" in s for s in sources)
+    assert {r.label for r in splits["train"]} == set(range(5))
+    with pytest.raises(ValueError, match="hold no images of: Bacterial Pneumonia"):
+        load_folders([LUNG5.parent / "lung5-extra"])

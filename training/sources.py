@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from torch.utils.data import RandomSampler, Sampler, WeightedRandomSampler
 
+from model.config import CLASS_FOLDERS
 from training.data import ImageRecord, load_splits, scan_class_folders
 
 # class-source: every (class, source) cell of a class gets the same share of the class, and
@@ -54,8 +55,16 @@ def load_folders(data_dirs: Sequence[str | Path], seed: int = 0) -> dict[str, li
     merged: dict[str, list[ImageRecord]] = {}
     for data_dir in data_dirs:
         root = Path(data_dir)
-        for split, records in load_splits(root, seed=seed).items():
+        # Each folder may hold only some classes (lung5-extra: Normal and COVID-19); together
+        # their train splits must hold all, checked below.
+        splits = load_splits(root, seed=seed, all_classes=False)
+        for split, records in splits.items():
             merged.setdefault(split, []).extend(with_source(records, root.resolve().name))
+    present = {r.label for r in merged.get("train", [])}
+    missing = [name for i, name in enumerate(CLASS_FOLDERS) if i not in present]
+    if missing:
+        folders = ", ".join(str(d) for d in data_dirs)
+        raise ValueError(f"the train splits of {folders} hold no images of: {', '.join(missing)}")
     return merged
 
 
