@@ -61,10 +61,17 @@ def class_index_of(folder_name: str) -> int | None:
     return _ALIASES.get(re.sub(r"[^a-z0-9]", "", folder_name.lower()))
 
 
-def scan_class_folders(root: Path) -> list[ImageRecord]:
-    """Records for ``root/<class folder>/*``; errors name missing or empty classes."""
-    if not root.is_dir():
+def scan_class_folders(root: Path, *, all_classes: bool = True) -> list[ImageRecord]:
+    """Records for ``root/<class folder>/*``; errors name what is missing or empty.
+
+    Training needs all five classes (``all_classes``); evaluation may score a folder holding
+    only some of them (``all_classes=False``: empty class folders are skipped, and only a
+    folder with no images in any class folder is an error).
+    """
+    if not root.exists():
         raise FileNotFoundError(f"data folder {str(root)!r} does not exist")
+    if not root.is_dir():
+        raise NotADirectoryError(f"{str(root)!r} is a file; expected a folder of class folders")
     manifest = _read_manifest(root)
     found: dict[int, Path] = {}
     for folder in sorted(p for p in root.iterdir() if p.is_dir()):
@@ -75,19 +82,26 @@ def scan_class_folders(root: Path) -> list[ImageRecord]:
                 f"{', '.join(CLASS_FOLDERS)} (case and spacing may vary)"
             )
         found[index] = folder
+    if not found:
+        raise ValueError(
+            f"{str(root)!r} holds no class folders; expected some of {', '.join(CLASS_FOLDERS)}"
+            " (or, with --split, a split root holding that split)"
+        )
     missing = [CLASS_FOLDERS[i] for i in range(len(CLASS_FOLDERS)) if i not in found]
-    if missing:
+    if missing and all_classes:
         raise ValueError(f"{str(root)!r} lacks class folders: {', '.join(missing)}")
     records = []
     for index, folder in sorted(found.items()):
         files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
-        if not files:
+        if not files and all_classes:
             raise ValueError(f"class folder {str(folder)!r} holds no images")
         for path in files:
             row = manifest.get(path.resolve(), {})
             records.append(
                 ImageRecord(path, index, row.get("patient_id", path.stem), row.get("source", ""))
             )
+    if not records:
+        raise ValueError(f"the class folders of {str(root)!r} hold no images")
     return records
 
 

@@ -3,7 +3,15 @@
 Stage 1 trains the head alone on a frozen backbone (Adam, 1e-3 → 3e-4); stage 2 fine-tunes
 everything (AdamW, 1e-4 → 3e-5 cosine, weight decay 0.05). Every number is a flag.
 
-    python -m training.train --data ../shared/data/lung5 --out runs/demo
+    python -m training.train --data ../shared/data/lung5 ../shared/data/lung5-extra --out runs/demo
+
+Several ``--data`` folders are merged split by split (class folders by name), each image
+keeping its source (``training.sources``). By default each epoch is drawn so that classes
+are equal and, within a class, every source is equal (``--balance class-source``), so the
+few adult normals and hospital COVID-19 images are not drowned by one-source classes. The
+sampler then does all the balancing and the loss is unweighted; only ``--balance loss``
+(uniform shuffle) weighs the loss by inverse class frequency — never both, or rare classes
+would be up-weighted twice.
 """
 
 from __future__ import annotations
@@ -30,7 +38,14 @@ from model.network import create_network
 from model.predictor import pick_device
 from model.transforms import build_transform
 from training.calibrate import fit_temperature
-from training.data import XrayDataset, class_counts, load_splits, subsample
+from training.data import XrayDataset, class_counts, subsample
+from training.sources import (
+    BALANCE_MODES,
+    describe_cells,
+    load_folders,
+    loss_class_weights,
+    make_sampler,
+)
 
 log = logging.getLogger("lungcam.train")
 STAGES = ("head", "full")
@@ -39,7 +54,12 @@ STAGES = ("head", "full")
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     add = parser.add_argument
-    add("--data", required=True, help="split root (train/ val/ [test/]) or one folder of classes")
+    add(
+        "--data",
+        required=True,
+        nargs="+",
+        help="split roots (train/ val/ [test/]) or folders of classes; several are merged",
+    )
     add("--out", required=True, help="output folder: best/ checkpoint, last.pt, metrics.jsonl")
     add("--image-size", type=int, default=224)
     add("--batch-size", type=int, default=32)
@@ -57,7 +77,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="early stop after N epochs without a better val macro-F1",
     )
     add("--max-per-class", type=int, default=0, help="subsample each class (0: all)")
-    add("--balance", choices=("loss", "none"), default="loss", help="class-weighted loss")
+    add(
+        "--balance",
+        choices=BALANCE_MODES,
+        default="class-source",
+        help="class-source: sample classes equally and, within a class, sources equally; "
+        "class: classes equally; loss: shuffle, class-weighted loss; none: shuffle, plain loss",
+    )
+    add(
+        "--samples-per-epoch",
+        type=int,
+        default=0,
+        help="images drawn per epoch (0: the size of the train set)",
+    )
     add(
         "--pretrained",
         action="store_true",
@@ -153,7 +185,7 @@ def train(args: argparse.Namespace) -> Path:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
 
-    splits = load_splits(args.data, seed=args.seed)
+    splits = load_folders(args.data, seed=args.seed)
     if args.max_per_class:
         splits = {k: subsample(v, args.max_per_class, args.seed) for k, v in splits.items()}
     config = ModelConfig(input_size=(3, args.image_size, args.image_size))
@@ -175,18 +207,20 @@ def train(args: argparse.Namespace) -> Path:
         pin_memory=device.type == "cuda",
         persistent_workers=args.workers > 0,
     )
+    samples = args.samples_per_epoch or len(train_set)
     train_loader = DataLoader(
         train_set,
         args.batch_size,
-        shuffle=True,
-        drop_last=len(train_set) > args.batch_size,  # no empty epoch on tiny sets
-        generator=torch.Generator().manual_seed(args.seed),
+        sampler=make_sampler(train_set.records, args.balance, samples, args.seed),
+        drop_last=samples > args.batch_size,  # no empty epoch on tiny sets
         **loader_kw,
     )
     val_loader = DataLoader(val_set, args.batch_size * 2, **loader_kw)
     counts = class_counts(train_set.records, config.num_classes)
-    weights = (
-        counts.sum() / (len(counts) * np.maximum(counts, 1)) if args.balance == "loss" else None
+    weights = loss_class_weights(train_set.records, config.num_classes, args.balance)
+    log.info(
+        "train cells (class / source: images): %s",
+        describe_cells(train_set.records, config.label_names),
     )
     loss_fn = nn.CrossEntropyLoss(
         weight=torch.tensor(weights, dtype=torch.float32, device=device)
@@ -297,7 +331,7 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit("choose one of --pretrained and --init-from")
     try:
         train(args)
-    except (RuntimeError, ValueError, FileNotFoundError) as err:
+    except (RuntimeError, ValueError, FileNotFoundError, NotADirectoryError) as err:
         if isinstance(err, RuntimeError) and "Hugging Face hub" not in str(err):
             raise
         sys.exit(f"error: {err}")
