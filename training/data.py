@@ -85,7 +85,6 @@ def scan_class_folders(root: Path, *, all_classes: bool = True) -> list[ImageRec
     if not found:
         raise ValueError(
             f"{str(root)!r} holds no class folders; expected some of {', '.join(CLASS_FOLDERS)}"
-            " (or, with --split, a split root holding that split)"
         )
     missing = [CLASS_FOLDERS[i] for i in range(len(CLASS_FOLDERS)) if i not in found]
     if missing and all_classes:
