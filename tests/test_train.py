@@ -139,3 +139,21 @@ def test_frozen_blocks_keep_weights_and_batchnorm_statistics(tiny_data, tmp_path
     changed = {k.split(".")[1] for k in before if not torch.equal(before[k], after[k])}
     assert not changed & {"conv0", "norm0", "denseblock1", "transition1", "denseblock2"}
     assert {"transition2", "denseblock3", "denseblock4", "norm5"} <= changed
+
+
+def test_two_folders_train_with_class_source_sampling(tiny_data, tmp_path, caplog):
+    second = tmp_path / "second"
+    shutil.copytree(tiny_data, second)
+    (second / "train" / "NORMAL" / "broken.png").unlink()
+    sorted((second / "train" / "NORMAL").iterdir())[0].unlink()
+    args = _args(tiny_data, tmp_path / "run", "--epochs", "0", "--samples-per-epoch", "8")
+    args.data.append(str(second))
+    assert args.balance == "class-source"
+    with caplog.at_level("INFO", logger="lungcam.train"):
+        trainer.train(args)
+    cells = next(r.getMessage() for r in caplog.records if "train cells" in r.getMessage())
+    assert f"Normal / {tiny_data.name}: 3" in cells and "Normal / second: 2" in cells
+    lines = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").open()]
+    assert [line["stage"] for line in lines] == ["head"]
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["val_macro_f1"] >= 0  # temperature fitted on both folders' val splits

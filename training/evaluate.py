@@ -1,12 +1,15 @@
 """Measure a checkpoint on labelled class folders: metrics.json plus plots.
 
-    python -m training.evaluate --model assets/model --data ../shared/data/lung5 --split test \
-        --out DIR
+    python -m training.evaluate --model assets/model \
+        --data ../shared/data/lung5 ../shared/data/lung5-extra --split test --out DIR
 
 Everything goes through ``Predictor`` (the same decoding, transform and calibration as the
 app). Metrics are reported before (T = 1) and after temperature scaling, per class, and per
-source when a ``manifest.csv`` names sources — needed on lung5, where each class comes
-mostly from one source.
+source (from each folder's ``manifest.csv``; a folder without one is one source named after
+it) — needed on lung5, where each class comes mostly from one source. A folder may hold only
+some of the five class folders; what needs the absent classes is null. The shortcut audit
+(``training.audit``; ``--no-audit`` skips it) scores every image again with its centre or its
+border blanked and histogram-equalised, per source and class.
 """
 
 from __future__ import annotations
@@ -14,6 +17,8 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,37 +29,52 @@ import matplotlib.pyplot as plt
 import numpy as np
 from sklearn.calibration import calibration_curve
 from sklearn.metrics import ConfusionMatrixDisplay, RocCurveDisplay
-from tqdm import tqdm
 
-from imaging.load import decoded_batches
 from model.predictor import Predictor
+from training.audit import (
+    VARIANTS,
+    format_audit,
+    predict_variants,
+    save_audit_plots,
+    shortcut_audit,
+)
 from training.calibrate import softmax
-from training.data import ImageRecord, scan_class_folders
+from training.data import ImageRecord
 from training.metrics import binary_auroc, classification_metrics
+from training.sources import scan_folders
 
 log = logging.getLogger("lungcam.evaluate")
+
+
+class NothingToScore(ValueError):
+    """No image of the given folders could be read."""
 
 
 def predict_logits(
     predictor: Predictor, records: list[ImageRecord], batch_size: int = 16
 ) -> tuple[np.ndarray, list[ImageRecord], list[str]]:
     """Logits for every readable record; unreadable files are listed, not fatal."""
-    by_path = {record.path: record for record in records}
-    logits, kept, failed = [], [], []
-    batches = decoded_batches(list(by_path), batch_size, failed)
-    for batch in tqdm(batches, total=-(-len(records) // batch_size), desc="evaluate", disable=None):
-        logits.extend(p.logits for p in predictor.predict_many([image for _, image in batch]))
-        kept.extend(by_path[path] for path, _ in batch)
-    return np.array(logits), kept, [f"{path}: {reason}" for path, reason in failed]
+    logits, kept, failed = predict_variants(
+        predictor, records, {"clean": VARIANTS["clean"]}, batch_size
+    )
+    return logits["clean"], kept, failed
 
 
 def evaluate(
-    predictor: Predictor, records: list[ImageRecord]
+    predictor: Predictor, records: list[ImageRecord], *, audit: bool = True
 ) -> tuple[dict[str, Any], np.ndarray, np.ndarray]:
-    """metrics.json content, plus labels and calibrated probabilities for the plots."""
+    """metrics.json content, plus labels and calibrated probabilities for the plots.
+
+    With ``audit``, every image is also scored under the shortcut audit's edits (same
+    ``Predictor`` path, one decode per file) and the result has an ``audit`` section.
+    """
     names = predictor.config.label_names
-    logits, kept, failed = predict_logits(predictor, records)
-    labels = np.array([r.label for r in kept])
+    variants = VARIANTS if audit else {"clean": VARIANTS["clean"]}
+    all_logits, kept, failed = predict_variants(predictor, records, variants)
+    if not kept:
+        raise NothingToScore(f"none of the {len(records)} images could be read, e.g. {failed[0]}")
+    logits = all_logits["clean"]
+    labels = np.array([r.label for r in kept], dtype=np.int64)
     temperature = predictor.config.temperature
     calibrated = softmax(logits, temperature)
     result: dict[str, Any] = {
@@ -88,6 +108,8 @@ def evaluate(
                     for n, c in present.items()
                 }
             }
+    if audit:
+        result["audit"] = shortcut_audit(all_logits, kept, names, temperature)
     return result, labels, calibrated
 
 
@@ -137,31 +159,77 @@ def resolve_folder(data: str | Path, split: str | None) -> Path:
     return root / split if split else root
 
 
+def check_folders(data: Sequence[str], split: str | None) -> list[ImageRecord]:
+    """Records of every ``--data`` folder (its ``--split`` subfolder if given).
+
+    Raises ``ValueError`` naming the first folder that is missing, a file, empty, or holds no
+    class folders (with a hint when it is a split root and ``--split`` was left out).
+    """
+    for item in data:
+        folder = resolve_folder(item, split)
+        if not split and any((folder / name).is_dir() for name in ("train", "val", "test")):
+            raise ValueError(f"{item!r} is a split root (train/ val/ test/); add --split test")
+        if folder.is_dir() and not any(folder.iterdir()):
+            raise ValueError(f"data folder {str(folder)!r} is empty")
+    try:
+        return scan_folders(data, split, all_classes=False)
+    except OSError as err:  # missing folder, or a file given as one
+        raise ValueError(str(err)) from None
+
+
 def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="evaluate", description=__doc__.split("\n")[0])
     parser.add_argument("--model", default=None, help="checkpoint (default: the bundled model)")
-    parser.add_argument("--data", required=True, help="folder of class folders, or a split root")
-    parser.add_argument("--split", default=None, help="e.g. test, when --data is a split root")
+    parser.add_argument(
+        "--data",
+        required=True,
+        nargs="+",
+        help="folders of class folders, or split roots with --split; several are merged, each "
+        "folder's manifest.csv naming the sources (else the folder is one source)",
+    )
+    parser.add_argument("--split", default=None, help="e.g. test, when --data are split roots")
     parser.add_argument("--out", required=True)
     parser.add_argument("--device", default=None)
+    parser.add_argument(
+        "--no-audit",
+        action="store_true",
+        help="skip the shortcut audit (border-only / centre-only / equalised images)",
+    )
     args = parser.parse_args(argv)
+    try:
+        records = check_folders(args.data, args.split)
+    except ValueError as err:
+        print(f"{parser.prog}: error: {err}", file=sys.stderr)
+        sys.exit(2)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     predictor = Predictor.load(args.model, args.device)
-    records = scan_class_folders(resolve_folder(args.data, args.split))
-    result, labels, probabilities = evaluate(predictor, records)
+    try:
+        result, labels, probabilities = evaluate(predictor, records, audit=not args.no_audit)
+    except NothingToScore as err:
+        print(f"{parser.prog}: error: {err}", file=sys.stderr)
+        sys.exit(2)
+    result["data"] = [str(resolve_folder(d, args.split)) for d in args.data]
     (out / "metrics.json").write_text(json.dumps(result, indent=2) + "\n")
-    save_plots(labels, probabilities, predictor.config.label_names, out)
+    names = predictor.config.label_names
+    save_plots(labels, probabilities, names, out)
+    if "audit" in result:
+        save_audit_plots(result["audit"], names, out)
+        print(format_audit(result["audit"], names))
     log.info(
-        "accuracy %.3f, macro-F1 %.3f, macro AUROC %.3f, ECE %.3f → %.3f; wrote %s",
+        "accuracy %.3f, macro-F1 %s, macro AUROC %s, ECE %.3f → %.3f; wrote %s",
         result["accuracy"],
-        result["macro_f1"],
-        result["macro_auroc"] or float("nan"),
+        _fmt(result["macro_f1"]),
+        _fmt(result["macro_auroc"]),
         result["uncalibrated"]["ece"],
         result["calibrated"]["ece"],
         out / "metrics.json",
     )
+
+
+def _fmt(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
 
 
 if __name__ == "__main__":

@@ -27,7 +27,13 @@ def classification_metrics(
     labels: np.ndarray, probabilities: np.ndarray, label_names: list[str]
 ) -> dict[str, Any]:
     """Accuracy, macro-F1, macro AUROC, per-class sensitivity/specificity/PPV/AUROC, confusion
-    matrix, 15-bin ECE and multiclass Brier score for (N,) labels and (N, K) probabilities."""
+    matrix, 15-bin ECE and multiclass Brier score for (N,) labels and (N, K) probabilities.
+
+    With some classes absent from ``labels`` (a folder holding only some class folders),
+    what needs them is ``None``: their sensitivity and AUROC, and macro-F1 (an absent class's
+    F1 is 0 or undefined, which would drag the mean down for no error made). Macro AUROC
+    averages the classes with both positives and negatives.
+    """
     classes = list(range(len(label_names)))
     predicted = probabilities.argmax(axis=1)
     matrix = confusion_matrix(labels, predicted, labels=classes)
@@ -48,7 +54,9 @@ def classification_metrics(
         "accuracy": float(accuracy_score(labels, predicted)),
         "macro_f1": float(
             f1_score(labels, predicted, average="macro", labels=classes, zero_division=0)
-        ),
+        )
+        if all((labels == k).any() for k in classes)
+        else None,
         "macro_auroc": float(np.mean(aurocs)) if aurocs else None,
         "per_class": per_class,
         "confusion_matrix": matrix.tolist(),

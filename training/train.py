@@ -3,7 +3,15 @@
 Stage 1 trains the head alone on a frozen backbone (Adam, 1e-3 → 3e-4); stage 2 fine-tunes
 everything (AdamW, 1e-4 → 3e-5 cosine, weight decay 0.05). Every number is a flag.
 
-    python -m training.train --data ../shared/data/lung5 --out runs/demo
+    python -m training.train --data ../shared/data/lung5 ../shared/data/lung5-extra --out runs/demo
+
+Several ``--data`` folders are merged split by split (class folders by name), each image
+keeping its source (``training.sources``). By default each epoch is drawn so that classes
+are equal and, within a class, every source is equal (``--balance class-source``), so the
+few adult normals and hospital COVID-19 images are not drowned by one-source classes. The
+sampler then does all the balancing and the loss is unweighted; only ``--balance loss``
+(uniform shuffle) weighs the loss by inverse class frequency — never both, or rare classes
+would be up-weighted twice.
 """
 
 from __future__ import annotations
@@ -76,10 +84,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--balance",
         choices=BALANCE_MODES,
         default="class-source",
-        help="class-source: sample every class and every source within it equally (default); "
-        "class: classes equally; loss: class-weighted loss; none",
+        help="class-source: sample classes equally and, within a class, sources equally; "
+        "class: classes equally; loss: shuffle, class-weighted loss; none: shuffle, plain loss",
     )
-    add("--samples-per-epoch", type=int, default=0, help="draws per epoch (0: train set size)")
+    add(
+        "--samples-per-epoch",
+        type=int,
+        default=0,
+        help="images drawn per epoch (0: the size of the train set)",
+    )
     add("--clahe", action="store_true", help="CLAHE on every image (stored in the config)")
     add(
         "--lung-crop-margin",
@@ -268,12 +281,15 @@ def train(args: argparse.Namespace) -> Path:
     val_loader = DataLoader(val_set, args.batch_size * 2, **loader_kw)
     counts = class_counts(train_set.records, config.num_classes)
     weights = loss_class_weights(train_set.records, config.num_classes, args.balance)
+    log.info(
+        "train cells (class / source: images): %s",
+        describe_cells(train_set.records, config.label_names),
+    )
     loss_fn = nn.CrossEntropyLoss(
         weight=torch.tensor(weights, dtype=torch.float32, device=device)
         if weights is not None
         else None
     )
-    log.info("train cells: %s", describe_cells(train_set.records, config.label_names))
     log.info(
         "train %s, val %d images, skipped %d unreadable",
         counts.tolist(),
@@ -378,7 +394,7 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit("choose one of --pretrained and --init-from")
     try:
         train(args)
-    except (RuntimeError, ValueError, FileNotFoundError) as err:
+    except (RuntimeError, ValueError, FileNotFoundError, NotADirectoryError) as err:
         if isinstance(err, RuntimeError) and "Hugging Face hub" not in str(err):
             raise
         sys.exit(f"error: {err}")
