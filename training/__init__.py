@@ -1,0 +1,1 @@
+"""Training code (segmenter for now; the classifier's training moves here too)."""
