@@ -1,0 +1,295 @@
+"""Lung-field segmentation: a small U-Net that says where the lungs are on a chest X-ray.
+
+The network is a library one (``segmentation_models_pytorch.Unet`` with a timm
+MobileNetV3-small encoder, Ronneberger et al. 2015, "U-Net: Convolutional Networks for
+Biomedical Image Segmentation"); it is trained by ``training.segmenter`` on the lungmask data
+set. A checkpoint is a folder with ``config.json`` + ``model.safetensors`` like the
+classifier's; the config carries the preprocessing (input size, mean, std), the threshold and
+the test scores, so nothing here hard-codes them.
+
+    >>> seg = LungSegmenter.load()                      # assets/segmenter
+    >>> result = seg.analyse(gray)                      # (H, W) uint8
+    >>> result.found, result.lung_fraction, result.mask.shape == gray.shape
+
+The mask is used to say how much of a Grad-CAM heatmap lies on the lungs
+(``heatmap_share_on_lungs``) and to crop the classifier's input to the lung fields
+(``model.transforms.lung_box``).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+from scipy import ndimage
+from torch import nn
+
+from model.checkpoint import file_sha256
+
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+DEFAULT_SEGMENTER = Path(__file__).resolve().parent.parent / "assets" / "segmenter"
+ARCHITECTURES = ("Unet",)
+
+
+@dataclass
+class SegmenterConfig:
+    """What travels with the segmenter's weights: network, preprocessing, decision rule, scores."""
+
+    architecture: str = "Unet"
+    encoder_name: str = "tu-mobilenetv3_small_100"
+    decoder_channels: tuple[int, ...] = (64, 32, 24, 16, 8)
+    input_size: tuple[int, int, int] = (1, 224, 224)  # (channels, height, width)
+    mean: float = 0.5
+    std: float = 0.25
+    threshold: float = 0.5  # on the sigmoid probability
+    min_lung_fraction: float = 0.03  # below this share of the image: "no lung found"
+    # Lungs are darker than what surrounds them. (mean of a ring around the mask − mean inside)
+    # / image std, at the working size: flat, noise and gradient images score < 0.07 (the
+    # network still draws lung shapes on them), 186 real films (lungmask val/test, lung5 test
+    # incl. pediatric) ≥ 0.199. Below this: "no lung found".
+    min_lung_contrast: float = 0.12
+    version: str = "untrained"
+    trained: bool = False
+    trained_on: str = ""
+    metrics: dict[str, Any] = field(default_factory=dict)
+    weights_sha256: str = ""
+
+    def __post_init__(self) -> None:
+        self.decoder_channels = tuple(int(c) for c in self.decoder_channels)
+        self.input_size = tuple(int(v) for v in self.input_size)  # type: ignore[assignment]
+        if self.architecture not in ARCHITECTURES:
+            raise ValueError(
+                f"segmenter architecture {self.architecture!r} is not one of {ARCHITECTURES}"
+            )
+        if len(self.input_size) != 3 or self.input_size[0] != 1:
+            raise ValueError(f"input_size must be (1, H, W) (grayscale); got {self.input_size}")
+        if not 0.0 < self.threshold < 1.0:
+            raise ValueError(f"threshold must lie strictly between 0 and 1; got {self.threshold}")
+        if not 0.0 <= self.min_lung_fraction < 1.0:
+            raise ValueError(f"min_lung_fraction must be in [0, 1); got {self.min_lung_fraction}")
+        if not self.std > 0:
+            raise ValueError(f"std must be positive; got {self.std}")
+
+    @property
+    def image_size(self) -> tuple[int, int]:
+        """(height, width) of the network input."""
+        return self.input_size[1], self.input_size[2]
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(asdict(self), indent=2) + "\n")
+
+    @classmethod
+    def load(cls, path: str | Path) -> SegmenterConfig:
+        data = json.loads(Path(path).read_text())
+        known = set(cls.__dataclass_fields__)
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(
+                f"{path}: unknown segmenter config keys {unknown}; known: {sorted(known)}"
+            )
+        return cls(**data)
+
+
+@dataclass
+class LungMask:
+    """A segmentation: the boolean mask at the image's own size and whether lungs were found."""
+
+    mask: np.ndarray  # (H, W) bool; all False when ``found`` is False
+    found: bool
+    lung_fraction: float  # share of the image's pixels inside the mask (0 when not found)
+    components: int  # connected lung regions kept (0, 1 or 2)
+    contrast: float = 0.0  # how much darker the mask is than its surroundings (see config)
+
+
+def create_segmenter_network(config: SegmenterConfig) -> nn.Module:
+    """The smp network the config names, with random weights (never downloads any)."""
+    import segmentation_models_pytorch as smp
+
+    return smp.Unet(
+        encoder_name=config.encoder_name,
+        encoder_weights=None,
+        encoder_depth=len(config.decoder_channels),
+        decoder_channels=config.decoder_channels,
+        in_channels=1,
+        classes=1,
+    )
+
+
+def preprocess(gray: np.ndarray, config: SegmenterConfig) -> np.ndarray:
+    """(H, W) uint8 → (1, h, w) float32 network input: squash-resize (area) and normalise.
+
+    The one transform for serving, training and evaluation. Squashing (no letterbox) matches
+    how the classifier's pediatric images were stored.
+    """
+    height, width = config.image_size
+    resized = cv2.resize(gray, (width, height), interpolation=cv2.INTER_AREA)
+    return ((resized.astype(np.float32) / 255.0 - config.mean) / config.std)[None]
+
+
+def keep_lungs(mask: np.ndarray, count: int = 2) -> tuple[np.ndarray, int]:
+    """Keep the ``count`` largest 8-connected components of a boolean mask and fill their holes.
+
+    Returns (cleaned mask, number of components kept).
+    """
+    mask = np.asarray(mask, dtype=bool)
+    labels, n = ndimage.label(mask, structure=np.ones((3, 3), dtype=bool))
+    if n == 0:
+        return np.zeros_like(mask), 0
+    sizes = np.bincount(labels.ravel())[1:]
+    kept = np.argsort(sizes)[::-1][:count] + 1
+    cleaned = np.zeros_like(mask)
+    for label in kept:  # fill each lung separately so the gap between them stays open
+        cleaned |= ndimage.binary_fill_holes(labels == label)
+    return cleaned, len(kept)
+
+
+def heatmap_share_on_lungs(heatmap: np.ndarray, mask: np.ndarray) -> float | None:
+    """Share of a heatmap's energy inside the lung mask, in [0, 1]; None when the mask is empty.
+
+    The heatmap is resized (bilinear) to the mask's size and min-max normalised to [0, 1];
+    the share is ``sum(h inside mask) / sum(h)``. A constant heatmap carries no localisation,
+    so it is treated as uniform and the share equals the mask's area fraction.
+    """
+    heat = np.asarray(heatmap, dtype=np.float32)
+    mask = np.asarray(mask, dtype=bool)
+    if heat.ndim != 2 or mask.ndim != 2:
+        raise ValueError(f"heatmap and mask must be 2-D; got shapes {heat.shape} and {mask.shape}")
+    if not mask.any():
+        return None
+    if heat.shape != mask.shape:
+        heat = cv2.resize(heat, (mask.shape[1], mask.shape[0]), interpolation=cv2.INTER_LINEAR)
+    heat = np.nan_to_num(heat, nan=0.0, posinf=0.0, neginf=0.0)
+    low, high = float(heat.min()), float(heat.max())
+    if high <= low:
+        return float(mask.mean())
+    heat = (heat - low) / (high - low)
+    return float(heat[mask].sum() / heat.sum())
+
+
+def dice(prediction: np.ndarray, truth: np.ndarray) -> float:
+    """Sørensen–Dice overlap of two boolean masks (1.0 when both are empty)."""
+    prediction, truth = np.asarray(prediction, bool), np.asarray(truth, bool)
+    total = int(prediction.sum()) + int(truth.sum())
+    return 1.0 if total == 0 else 2.0 * int((prediction & truth).sum()) / total
+
+
+class LungSegmenter:
+    """A loaded segmenter in eval mode; ``analyse``/``segment`` take 8-bit grayscale arrays."""
+
+    def __init__(self, network: nn.Module, config: SegmenterConfig) -> None:
+        self.network = network.eval()
+        self.config = config
+
+    @classmethod
+    def load(cls, path: str | Path | None = None) -> LungSegmenter:
+        """Load ``config.json`` + ``model.safetensors`` from a folder (default: the bundled one)."""
+        folder = Path(path) if path is not None else DEFAULT_SEGMENTER
+        missing = [n for n in (CONFIG_FILE, WEIGHTS_FILE) if not (folder / n).is_file()]
+        if missing:
+            raise FileNotFoundError(
+                f"segmenter folder {str(folder)!r} lacks {', '.join(missing)}; pass a folder "
+                f"written by training.segmenter (default {DEFAULT_SEGMENTER})"
+            )
+        config = SegmenterConfig.load(folder / CONFIG_FILE)
+        digest = file_sha256(folder / WEIGHTS_FILE)
+        if config.weights_sha256 and config.weights_sha256 != digest:
+            raise ValueError(
+                f"{folder / WEIGHTS_FILE} has sha256 {digest[:12]}… but config.json expects "
+                f"{config.weights_sha256[:12]}…; the weights and config do not belong together"
+            )
+        network = create_segmenter_network(config)
+        state = load_file(str(folder / WEIGHTS_FILE))
+        expected = network.state_dict()
+        network.load_state_dict({k: v.to(expected[k].dtype) for k, v in state.items()})
+        return cls(network, config)
+
+    def save(self, folder: str | Path) -> Path:
+        """Write the weights (fp32) and the config with the weights' sha256."""
+        out = Path(folder)
+        out.mkdir(parents=True, exist_ok=True)
+        state = {k: v.detach().cpu().contiguous() for k, v in self.network.state_dict().items()}
+        save_file(state, str(out / WEIGHTS_FILE), metadata={"format": "pt"})
+        self.config.weights_sha256 = file_sha256(out / WEIGHTS_FILE)
+        self.config.save(out / CONFIG_FILE)
+        return out
+
+    @property
+    def description(self) -> str:
+        return f"lung segmenter {self.config.version} ({self.config.encoder_name} U-Net)"
+
+    def probabilities(self, images: Sequence[np.ndarray]) -> np.ndarray:
+        """Lung probability maps at the network's working size, (N, h, w) float32."""
+        return self._forward(images)[1]
+
+    @torch.inference_mode()
+    def _forward(self, images: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        inputs = np.stack([preprocess(_check_gray(g), self.config) for g in images])
+        device = next(self.network.parameters()).device
+        logits = self.network(torch.from_numpy(inputs).to(device))
+        return inputs[:, 0], torch.sigmoid(logits)[:, 0].float().cpu().numpy()
+
+    def analyse_many(self, images: Sequence[np.ndarray]) -> list[LungMask]:
+        """Segment a batch of (H, W) uint8 images (sizes may differ); one ``LungMask`` each."""
+        if not images:
+            return []
+        inputs, probs = self._forward(images)
+        return [
+            self._postprocess(prob, image.shape[:2], small)
+            for small, prob, image in zip(inputs, probs, images, strict=True)
+        ]
+
+    def analyse(self, gray: np.ndarray) -> LungMask:
+        """Segment one (H, W) uint8 image: mask at its own size, found flag and lung fraction."""
+        return self.analyse_many([gray])[0]
+
+    def segment(self, gray: np.ndarray) -> np.ndarray:
+        """(H, W) uint8 → (H, W) bool lung mask (all False when no lung is found)."""
+        return self.analyse(gray).mask
+
+    def _postprocess(self, prob: np.ndarray, shape: tuple[int, int], small: np.ndarray) -> LungMask:
+        height, width = shape
+        contrast = lung_contrast(small, keep_lungs(prob > self.config.threshold)[0])
+        prob = cv2.resize(prob, (width, height), interpolation=cv2.INTER_LINEAR)
+        mask, components = keep_lungs(prob > self.config.threshold)
+        fraction = float(mask.mean())
+        if fraction < self.config.min_lung_fraction or contrast < self.config.min_lung_contrast:
+            return LungMask(np.zeros((height, width), dtype=bool), False, 0.0, 0, contrast)
+        return LungMask(mask, True, fraction, components, contrast)
+
+
+def lung_contrast(image: np.ndarray, mask: np.ndarray, ring: float = 0.067) -> float:
+    """(mean of a ring around ``mask`` − mean inside it) / the image's std; 0 for an empty mask.
+
+    Radiographs show lungs darker than the mediastinum, diaphragm and chest wall around them;
+    a network asked to segment a flat or noise image still draws lung shapes, but there the
+    score is about 0. ``ring`` is the ring's width as a fraction of the shorter side.
+    """
+    mask = np.asarray(mask, dtype=bool)
+    if not mask.any():
+        return 0.0
+    side = max(3, round(ring * min(mask.shape)) | 1)
+    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (side, side))
+    around = cv2.dilate(mask.astype(np.uint8), kernel).astype(bool) & ~mask
+    if not around.any():
+        return 0.0
+    values = np.asarray(image, dtype=np.float32)
+    return float((values[around].mean() - values[mask].mean()) / (values.std() + 1e-6))
+
+
+def _check_gray(gray: np.ndarray) -> np.ndarray:
+    if not isinstance(gray, np.ndarray) or gray.ndim != 2 or gray.dtype != np.uint8:
+        shape = getattr(gray, "shape", None)
+        dtype = getattr(gray, "dtype", type(gray).__name__)
+        raise ValueError(
+            f"expected an (H, W) uint8 grayscale array (imaging.load.load_image(...).pixels); "
+            f"got shape {shape} dtype {dtype}"
+        )
+    return gray
