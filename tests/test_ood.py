@@ -51,6 +51,21 @@ def test_thresholds_flag_the_chosen_fraction_of_in_distribution(gaussian_stats):
     assert np.mean(residual > stats.residual_threshold) == pytest.approx(0.05, abs=0.015)
 
 
+def test_per_source_thresholds_hold_for_the_rarer_source(gaussian_stats):
+    """A small source whose images sit further out sets the threshold: its own chest X-rays
+    are not warned about more often than the chosen rate."""
+    _, sample = gaussian_stats
+    common, labels = sample(3000)
+    rare = sample(300)[0] * 1.6
+    calibration = np.concatenate([common, rare])
+    groups = ["common"] * 3000 + ["rare"] * 300
+    pooled = fit_feature_stats(common, labels, calibration, components=4, quantile=0.95)
+    per_source = fit_feature_stats(common, labels, calibration, 4, 0.95, groups)
+    fresh_rare = sample(2000)[0] * 1.6
+    rate = lambda s: np.mean(s.scores(fresh_rare)[0] > s.distance_threshold)  # noqa: E731
+    assert rate(pooled) > 0.15 and rate(per_source) == pytest.approx(0.05, abs=0.02)
+
+
 def test_far_points_score_high_on_distance_and_residual(gaussian_stats):
     stats, _ = gaussian_stats
     inside_subspace = stats.mean + 50 * stats.basis[0]
@@ -154,6 +169,7 @@ def test_fit_then_measure_cli(tiny_checkpoint, tmp_path, capsys):
     ood_fit.main(["measure", *data[:4], "--max-per-class", "1", "--json", str(out)])
     result = json.loads(out.read_text())
     assert result["chest_images"] == 5 and result["non_chest_images"] == 65
+    assert sum(v["images"] for v in result["chest_warn_rate_by_source"].values()) == 5
     assert 0 <= result["chest_warn_rate"] <= 1 and 0 <= result["non_chest_warn_rate"] <= 1
     # colour photos are caught by saturation whatever the weights: a floor that must hold
     assert result["non_chest_warn_rate_by_source"]["generated.colour-noise"] == 1.0

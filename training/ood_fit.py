@@ -4,9 +4,10 @@
 sets the thresholds on the validation split; ``measure`` reports the warn rates on a split's
 chest X-rays and on images that are not chest X-rays, as the app computes them::
 
-    python -m training.ood_fit fit --model assets/model --data ../shared/data/lung5 \
-        --max-per-class 300
-    python -m training.ood_fit measure --model assets/model --data ../shared/data/lung5
+    python -m training.ood_fit fit --model assets/model \
+        --data ../shared/data/lung5 ../shared/data/lung5-extra --max-per-class 300
+    python -m training.ood_fit measure --model assets/model \
+        --data ../shared/data/lung5 ../shared/data/lung5-extra
 """
 
 from __future__ import annotations
@@ -26,7 +27,8 @@ from imaging.load import decoded_batches, load_image
 from model.config import CONFIG_FILE, ModelConfig
 from model.ood import DEFAULT_COMPONENTS, DEFAULT_QUANTILE, FeatureStats
 from model.predictor import Predictor
-from training.data import load_splits, subsample
+from training.data import subsample
+from training.sources import load_folders
 
 
 def fit_feature_stats(
@@ -35,9 +37,15 @@ def fit_feature_stats(
     calibration: np.ndarray,
     components: int = DEFAULT_COMPONENTS,
     quantile: float = DEFAULT_QUANTILE,
+    groups: Sequence[str] | None = None,
 ) -> FeatureStats:
     """Fit PCA + tied-covariance class Gaussians on ``train`` (N, D) features with ``labels``;
-    set both thresholds at ``quantile`` of the held-out ``calibration`` features' scores."""
+    set both thresholds at ``quantile`` of the held-out ``calibration`` features' scores.
+
+    With ``groups`` (the source of each calibration image) each threshold is the highest of
+    the sources' own quantiles, so no source's chest X-rays are warned about more often than
+    ``1 - quantile`` (in calibration) just because it is rarer than the others.
+    """
     if not 0 < quantile < 1:
         raise ValueError(f"quantile must be in (0, 1); got {quantile}")
     train = train.astype(np.float64)
@@ -53,8 +61,13 @@ def fit_feature_stats(
     covariance += np.eye(components) * 1e-6 * np.trace(covariance) / components
     stats = FeatureStats(mean, basis, class_means, np.linalg.inv(covariance), 0.0, 0.0)
     distance, residual = stats.scores(calibration)
-    stats.distance_threshold = float(np.quantile(distance, quantile))
-    stats.residual_threshold = float(np.quantile(residual, quantile))
+    members = np.asarray(groups) if groups is not None else np.zeros(len(calibration))
+    stats.distance_threshold = max(
+        float(np.quantile(distance[members == g], quantile)) for g in np.unique(members)
+    )
+    stats.residual_threshold = max(
+        float(np.quantile(residual[members == g], quantile)) for g in np.unique(members)
+    )
     return stats
 
 
@@ -217,7 +230,7 @@ def extract_features(predictor: Predictor, paths: Sequence[Path], batch_size: in
 def fit(args: argparse.Namespace) -> None:
     """Fit on the train split, calibrate on val, and write ``lungcam.ood`` into config.json."""
     predictor = Predictor.load(str(args.model), args.device)
-    splits = load_splits(args.data)
+    splits = load_folders(args.data)
     train, val = splits["train"], splits["val"]
     if args.max_per_class:
         train = subsample(train, args.max_per_class, seed=0)
@@ -226,12 +239,16 @@ def fit(args: argparse.Namespace) -> None:
     train_features = extract_features(predictor, [r.path for r in train], args.batch_size)
     val_features = extract_features(predictor, [r.path for r in val], args.batch_size)
     labels = np.array([r.label for r in train])
-    stats = fit_feature_stats(train_features, labels, val_features, args.components, args.quantile)
+    sources = [r.source for r in val]
+    stats = fit_feature_stats(
+        train_features, labels, val_features, args.components, args.quantile, sources
+    )
     section = stats.to_dict() | {
         "components": int(stats.basis.shape[0]),
         "quantile": args.quantile,
         "fitted_on": {
-            "data": Path(args.data).name,
+            "data": [Path(d).name for d in args.data],
+            "thresholds": "highest per-source quantile of the val splits",
             "train_images": len(train),
             "val_images": len(val),
             "max_per_class": args.max_per_class,
@@ -253,11 +270,14 @@ def measure(args: argparse.Namespace) -> None:
     predictor = Predictor.load(str(args.model), args.device)
     if predictor.config.ood is None:
         print("note: the checkpoint has no fitted 'ood' section; only colour and shape count")
-    records = load_splits(args.data)[args.split]
+    records = load_folders(args.data)[args.split]
     if args.max_per_class:
         records = subsample(records, args.max_per_class, seed=1)
     paths = [r.path for r in records]
     chest = [p.ood.warn for p in _predictions(predictor, paths, args.batch_size)]
+    by_source: dict[str, list[bool]] = {}
+    for record, warned in zip(records, chest, strict=True):
+        by_source.setdefault(record.source, []).append(warned)
     kinds, others = zip(*non_chest_images(), strict=True)
     foreign = []
     for chunk in _batched(others, args.batch_size):
@@ -270,6 +290,10 @@ def measure(args: argparse.Namespace) -> None:
         "chest_split": args.split,
         "chest_images": len(chest),
         "chest_warn_rate": round(float(np.mean(chest)), 4),
+        "chest_warn_rate_by_source": {
+            source: {"images": len(warned), "warn_rate": round(float(np.mean(warned)), 4)}
+            for source, warned in sorted(by_source.items())
+        },
         "non_chest_images": len(foreign),
         "non_chest_warn_rate": round(float(np.mean(foreign)), 4),
         "non_chest_warn_rate_by_source": {
@@ -291,7 +315,13 @@ def main(argv: list[str] | None = None) -> None:
     for name, run in (("fit", fit), ("measure", measure)):
         sub = commands.add_parser(name, help=run.__doc__.splitlines()[0])
         sub.add_argument("--model", type=Path, required=True, help="checkpoint folder")
-        sub.add_argument("--data", type=Path, required=True, help="lung5-style data folder")
+        sub.add_argument(
+            "--data",
+            type=Path,
+            nargs="+",
+            required=True,
+            help="lung5-style split roots (several are merged; manifests name the sources)",
+        )
         sub.add_argument("--max-per-class", type=int, default=0, help="subsample (0: all)")
         sub.add_argument("--batch-size", type=int, default=16)
         sub.add_argument("--device", default=None)
