@@ -28,6 +28,8 @@ from model.predictor import Predictor
 from tests.conftest import lung5_images
 from training.calibrate import main as calibrate_main
 from training.conformal import coverage_curve, coverage_report, fit_conformal, format_report
+from ui.analyze import uncertainty
+from ui.common import Case
 
 NAMES = ["a", "b", "c", "d", "e"]
 
@@ -187,6 +189,9 @@ def test_predictions_carry_the_set_only_with_a_section(tiny_checkpoint, tmp_path
     with open(tmp_path / "p.csv", newline="") as handle:
         sets = [row["prediction_set"] for row in csv.DictReader(handle)]
     assert sets == ["|".join(every.prediction_set), every.top_label, "", ""]
+    assert uncertainty(Case("x", plain)) == NO_SETS and uncertainty(None) == ""
+    assert uncertainty(Case("x", every)).startswith(f"**90 % set:** {every.top_label}, ")
+    assert uncertainty(Case("x", certain)).endswith("· certain")
 
 
 @pytest.mark.parametrize("alpha", ["0", "1.5"])
