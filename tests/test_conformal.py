@@ -222,3 +222,12 @@ def test_calibrate_cli_writes_a_loadable_checkpoint(tiny_checkpoint, tmp_path, c
     assert predictor.config.temperature == summary["temperature"]["after"]
     assert predictor.predict(load_image(lung5_images("test")[0])).prediction_set
     assert "Conformal lac sets, α = 0.2" in capsys.readouterr().out
+
+
+def test_calibrate_cli_names_a_missing_split_before_loading_anything(tmp_path, capsys):
+    (tmp_path / "val").mkdir()
+    with pytest.raises(SystemExit) as stop:
+        calibrate_main(["--data", str(tmp_path), "--check-split", "test", "--out", str(tmp_path)])
+    assert stop.value.code == 2 and f"{str(tmp_path / 'test')!r} is not a folder" in (
+        capsys.readouterr().err
+    )

@@ -205,8 +205,9 @@ def main(argv: list[str] | None = None) -> None:
     try:
         alpha = check_alpha(args.alpha)
         for folder in args.data:
-            if not (Path(folder) / args.split).is_dir():
-                raise ValueError(f"{str(Path(folder) / args.split)!r} is not a folder")
+            for split in filter(None, (args.split, args.check_split)):
+                if not (Path(folder) / split).is_dir():
+                    raise ValueError(f"{str(Path(folder) / split)!r} is not a folder")
     except ValueError as err:
         parser.exit(2, f"{parser.prog}: error: {err}\n")
     spec = resolve_model_spec(args.model)
