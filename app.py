@@ -19,10 +19,11 @@ from explain.methods import DEFAULT_METHOD, METHODS, TARGET_LAYERS
 from imaging.overlay import COLORMAPS, DEFAULT_COLORMAP, DEFAULT_OPACITY
 from model.checkpoint import CheckpointError
 from model.predictor import Predictor
+from review.agreement import SUMMARY_COLUMNS
 from review.auth import parse_auth
 from review.store import AGREEMENTS, ROW_COLUMNS, ReviewStore
 from serving.runtime import configure_storage, data_dir, limit_malloc_arenas, make_predict
-from ui.analyze import AnalyzeHandlers
+from ui.analyze import AnalyzeHandlers, uncertainty
 from ui.common import DISCLAIMER, DISPLAY_FORMAT
 from ui.explain import ExplainHandlers
 from ui.history import HistoryHandlers
@@ -45,7 +46,7 @@ def build_demo(
     analysis = AnalyzeHandlers(predict)
     reviews = ReviewHandlers(predict, predictor.config, store)
     explaining = ExplainHandlers(predictor, store.data_dir / "exports")
-    past = HistoryHandlers(store)
+    past = HistoryHandlers(store, labels)
 
     with gr.Blocks(title="LungCAM", delete_cache=(3600, 3600)) as demo:
         gr.Markdown("# LungCAM — where does the chest X-ray classifier look?")
@@ -69,6 +70,7 @@ def build_demo(
                     confidences = gr.Label(
                         label="Calibrated confidence", num_top_classes=len(labels)
                     )
+                    prediction_set = gr.Markdown()  # "90 % set: …" and the uncertain badge
                     heatmap = gr.Image(
                         label="Grad-CAM overlay",
                         format=DISPLAY_FORMAT,
@@ -148,11 +150,18 @@ def build_demo(
                 class_filter = gr.Dropdown(["All", *labels], value="All", label="Predicted class")
                 agreement_filter = gr.Radio(["All", *AGREEMENTS], value="All", label="Agreement")
                 reviewer_filter = gr.Textbox(label="Reviewer (exact name; empty = all)")
+            agreement_table = gr.Dataframe(
+                headers=list(SUMMARY_COLUMNS),
+                label="Reviewers agreeing with the top class (Wilson 95 % interval; the class "
+                "and reviewer filters apply)",
+                interactive=False,
+            )
             table = gr.Dataframe(headers=list(ROW_COLUMNS), interactive=False, wrap=True)
             with gr.Row():
                 refresh = gr.Button("Refresh")
                 export = gr.Button("Export these rows as CSV")
             csv_file = gr.File(label="CSV")
+            summary_file = gr.File(label="Agreement summary (CSV)")
         with gr.Tab("Model card"):
             card = ASSETS / "MODEL_CARD.md"
             gr.Markdown(card.read_text() if card.is_file() else "No model card bundled.")
@@ -161,8 +170,12 @@ def build_demo(
         outputs = [confidences, heatmap, shown_class, notes, cached]
         batched = {"concurrency_limit": max_batch_size, "concurrency_id": "predict"}
         analyze_inputs = [upload, opacity, colormap, cached]
-        run.click(analysis.analyze, analyze_inputs, outputs, api_name="predict", **batched)
-        upload.upload(analysis.analyze, analyze_inputs, outputs, api_name=False, **batched)
+        analyzed = [
+            run.click(analysis.analyze, analyze_inputs, outputs, api_name="predict", **batched),
+            upload.upload(analysis.analyze, analyze_inputs, outputs, api_name=False, **batched),
+        ]
+        for event in analyzed:
+            event.then(uncertainty, cached, prediction_set, api_name=False)
         style = [cached, shown_class, opacity, colormap]
         shown_class.input(analysis.redraw, style, heatmap, api_name=False)
         colormap.input(analysis.redraw, style, heatmap, api_name=False)
@@ -199,7 +212,9 @@ def build_demo(
         refreshers = [refresh.click, class_filter.input, agreement_filter.input]
         refreshers += [reviewer_filter.submit, history_tab.select, demo.load]
         gr.on(refreshers, past.history, filters, table, api_name=False)
-        export.click(past.export_csv, filters, csv_file, api_name="export_csv")
+        gr.on(refreshers, past.agreement, filters, agreement_table, api_name=False)
+        exported = export.click(past.export_csv, filters, csv_file, api_name="export_csv")
+        exported.then(past.export_summary, filters, summary_file, api_name=False)
     return demo
 
 

@@ -16,6 +16,8 @@ from typing import Any
 
 import torch
 
+from model.conformal import ConformalConfig
+
 # Class order is alphabetical by the Kaggle "Lung Disease Dataset (4 types)" folder names,
 # so it matches an ImageFolder over that layout. Display names are what the UI shows.
 CLASS_FOLDERS: tuple[str, ...] = (
@@ -57,6 +59,7 @@ class ModelConfig:
     weights_sha256: str = ""
     clahe: bool = False  # CLAHE on every image, training and serving
     lung_crop_margin: float | None = None  # crop to the lung fields ± this share; None: no crop
+    conformal: ConformalConfig | None = None  # prediction sets (training.calibrate); None: none
 
     def __post_init__(self) -> None:
         self.input_size = tuple(int(v) for v in self.input_size)  # type: ignore[assignment]
@@ -71,6 +74,8 @@ class ModelConfig:
             raise ValueError(f"lung_crop_margin must be in [0, 1]; got {self.lung_crop_margin}")
         if not self.temperature > 0:
             raise ValueError(f"temperature must be positive; got {self.temperature}")
+        if isinstance(self.conformal, dict):
+            self.conformal = ConformalConfig.from_dict(self.conformal)
 
     @property
     def num_classes(self) -> int:
@@ -114,6 +119,7 @@ class ModelConfig:
                     "weights_sha256",
                     "clahe",
                     "lung_crop_margin",
+                    "conformal",
                 )
             },
         }

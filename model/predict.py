@@ -6,8 +6,10 @@ INPUTS are files (any format ``load_image`` reads: PNG, JPEG, DICOM …), folder
 recursively for every suffix in ``imaging.image.SUPPORTED_SUFFIXES``) and glob patterns
 (quoted, e.g. ``'scans/*.dcm'``).
 Writes ``DIR/predictions.csv`` (one row per input, in input order; unreadable files get
-``status=error`` and the reason) and ``DIR/overlays/<name>.png`` (the top class's heatmap at the
-image's own resolution). Exit status: 0 when every input was predicted, 1 when some failed.
+``status=error`` and the reason; ``prediction_set`` is the conformal set, classes joined by
+``|``, empty for a model without one) and ``DIR/overlays/<name>.png`` (the top class's
+heatmap at the image's own resolution). Exit status: 0 when every input was predicted, 1 when
+some failed.
 """
 
 from __future__ import annotations
@@ -105,17 +107,21 @@ def predict_files(
 
 
 def write_csv(rows: Sequence[Row], labels: Sequence[str], target: Path) -> None:
-    """One line per input: path, status, top label, each class's calibrated probability."""
+    """One line per input: path, status, top label, conformal set (``|``-joined), each class's
+    calibrated probability."""
     with target.open("w", newline="") as handle:
         writer = csv.writer(handle)
-        writer.writerow(["path", "status", "top_label", *labels, "overlay", "error"])
+        writer.writerow(
+            ["path", "status", "top_label", "prediction_set", *labels, "overlay", "error"]
+        )
         for row in rows:
             if row.prediction is None:
-                writer.writerow([row.path, "error", "", *[""] * len(labels), "", row.error])
+                writer.writerow([row.path, "error", "", "", *[""] * len(labels), "", row.error])
                 continue
             probabilities = [f"{p:.6f}" for p in row.prediction.probabilities]
+            shown = "|".join(row.prediction.prediction_set or [])
             writer.writerow(
-                [row.path, "ok", row.prediction.top_label, *probabilities, row.overlay, ""]
+                [row.path, "ok", row.prediction.top_label, shown, *probabilities, row.overlay, ""]
             )
 
 

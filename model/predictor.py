@@ -74,6 +74,13 @@ class Prediction:
     ood: OODCheck = field(default_factory=OODCheck)  # the not-a-chest-X-ray guard's verdict
     box: CropBox | None = None  # the part of the image the network saw (None: all of it)
     lungs: LungMask | None = None  # the lung fields, when a segmenter is loaded
+    prediction_set: list[str] | None = None  # conformal set, most probable first (None: no sets)
+    set_alpha: float | None = None  # the set's miscoverage level α (a 1 − α set)
+
+    @property
+    def uncertain(self) -> bool | None:
+        """More than one class in the conformal set (None: the model has no sets)."""
+        return None if self.prediction_set is None else len(self.prediction_set) > 1
 
     @property
     def top_index(self) -> int:
@@ -263,6 +270,7 @@ class Predictor:
         logits_np = logits.cpu().numpy()
         features = pooled.cpu().numpy()
         probabilities = calibrated_softmax(logits, self.config.temperature).cpu().numpy()
+        sets = self.config.conformal
         return [
             Prediction(
                 self.config.label_names,
@@ -274,6 +282,10 @@ class Predictor:
                 assess(im, features[i], self.ood_stats),
                 boxes[i],
                 lungs[i],
+                prediction_set=sets.named_set(probabilities[i], self.config.label_names)
+                if sets
+                else None,
+                set_alpha=sets.alpha if sets else None,
             )
             for i, im in enumerate(images)
         ]

@@ -16,6 +16,7 @@ import numpy as np
 from fpdf import FPDF
 from PIL import Image
 
+from model.conformal import set_caption
 from review.store import ROW_COLUMNS, Review
 
 # DejaVu ships with matplotlib (a runtime dependency), so Unicode notes render everywhere.
@@ -75,6 +76,7 @@ def write_case_report(
         pdf.set_fill_color(40, 90, 170)
         pdf.rect(pdf.get_x() + 3, y, (bar_width - 3) * probability, 3, style="F")
         pdf.ln(5.5)
+    _facts(pdf, [("Conformal prediction set", prediction_set_text(review))], width)
 
     _heading(pdf, "Review")
     verdict = "agrees with the model" if review.agrees else f"disagrees: {review.correct_class}"
@@ -104,6 +106,14 @@ def write_case_report(
     out.parent.mkdir(parents=True, exist_ok=True)
     pdf.output(str(out))
     return out
+
+
+def prediction_set_text(review: Review) -> str:
+    """ "90 % set: A, B (uncertain)" for the PDF; a review without a stored set says so."""
+    if review.prediction_set is None or review.set_alpha is None:
+        return "none stored (the model had no conformal section, or the review predates sets)"
+    badge = "uncertain" if len(review.prediction_set) > 1 else "certain"
+    return f"{set_caption(review.set_alpha)}: {', '.join(review.prediction_set)} ({badge})"
 
 
 def reviews_csv(reviews: Iterable[Review]) -> str:

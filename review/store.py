@@ -32,6 +32,7 @@ from sqlalchemy import (
     Boolean,
     DateTime,
     Engine,
+    Float,
     Integer,
     String,
     Text,
@@ -88,6 +89,9 @@ class Review(Base):
     heatmap_usefulness: Mapped[int] = mapped_column(Integer)
     heatmap_wrong_place: Mapped[bool] = mapped_column(Boolean)
     note: Mapped[str] = mapped_column(Text)
+    # The conformal set shown (class names; NULL: unknown, e.g. saved before sets existed).
+    prediction_set: Mapped[list[str] | None] = mapped_column(JSON, nullable=True)
+    set_alpha: Mapped[float | None] = mapped_column(Float, nullable=True)
 
     def as_row(self) -> dict[str, Any]:
         """The review as one flat row (History table and CSV export share ``ROW_COLUMNS``)."""
@@ -109,6 +113,7 @@ class Review(Base):
             self.checkpoint_sha256,
             self.image_sha256,
             self.image_path is not None,
+            "" if self.prediction_set is None else "|".join(self.prediction_set),
         )
         return dict(zip(ROW_COLUMNS, values, strict=True))
 
@@ -131,6 +136,7 @@ ROW_COLUMNS: tuple[str, ...] = (
     "checkpoint_sha256",
     "image_sha256",
     "image_stored",
+    "prediction_set",
 )
 
 
@@ -152,6 +158,8 @@ class ReviewDraft:
     heatmap_usefulness: int
     heatmap_wrong_place: bool
     note: str
+    prediction_set: Sequence[str] | None = None  # the conformal set shown (None: no sets)
+    set_alpha: float | None = None
 
     @property
     def predicted_class(self) -> str:
@@ -198,6 +206,14 @@ class ReviewDraft:
             raise ReviewError(f"heatmap usefulness must be 1-5; got {self.heatmap_usefulness!r}")
         if len(self.note) > MAX_NOTE:
             raise ReviewError(f"note is {len(self.note)} characters; max {MAX_NOTE}")
+        if self.prediction_set is not None and (
+            not self.prediction_set
+            or not set(self.prediction_set) <= set(labels)
+            or len(set(self.prediction_set)) != len(self.prediction_set)
+        ):
+            raise ReviewError(
+                f"prediction set must be distinct classes of {labels}; got {self.prediction_set}"
+            )
 
 
 def draft_from_prediction(
@@ -234,6 +250,8 @@ def draft_from_prediction(
         heatmap_usefulness=_as_score(heatmap_usefulness),
         heatmap_wrong_place=bool(heatmap_wrong_place),
         note=note or "",
+        prediction_set=prediction.prediction_set,
+        set_alpha=prediction.set_alpha,
     )
 
 
@@ -351,6 +369,8 @@ class ReviewStore:
             heatmap_usefulness=int(draft.heatmap_usefulness),
             heatmap_wrong_place=bool(draft.heatmap_wrong_place),
             note=draft.note,
+            prediction_set=None if draft.prediction_set is None else list(draft.prediction_set),
+            set_alpha=draft.set_alpha,
         )
         try:
             with self._session.begin() as session:

@@ -9,7 +9,11 @@ source (from each folder's ``manifest.csv``; a folder without one is one source 
 it) — needed on lung5, where each class comes mostly from one source. A folder may hold only
 some of the five class folders; what needs the absent classes is null. The shortcut audit
 (``training.audit``; ``--no-audit`` skips it) scores every image again with its centre or its
-border blanked and histogram-equalised, per source and class.
+border blanked and histogram-equalised, per source and class. With a conformal section in
+the checkpoint (``python -m training.calibrate``), ``conformal`` holds the empirical coverage
+and mean set size overall, per class and per source; ``coverage_vs_alpha.png`` (and
+``conformal_curve``) plots coverage and set size against α, fitted on random halves of the
+evaluated images (docs/UNCERTAINTY.md).
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ import numpy as np
 from sklearn.calibration import calibration_curve
 from sklearn.metrics import ConfusionMatrixDisplay, RocCurveDisplay
 
+from model.conformal import NO_SETS
 from model.predictor import Predictor
 from training.audit import (
     VARIANTS,
@@ -39,6 +44,12 @@ from training.audit import (
     shortcut_audit,
 )
 from training.calibrate import softmax
+from training.conformal import (
+    coverage_curve,
+    coverage_report,
+    format_report,
+    save_coverage_plot,
+)
 from training.data import ImageRecord
 from training.metrics import binary_auroc, classification_metrics
 from training.sources import scan_folders
@@ -110,7 +121,25 @@ def evaluate(
             }
     if audit:
         result["audit"] = shortcut_audit(all_logits, kept, names, temperature)
+    result.update(conformal_results(predictor, calibrated, labels, [r.source for r in kept]))
     return result, labels, calibrated
+
+
+def conformal_results(
+    predictor: Predictor, calibrated: np.ndarray, labels: np.ndarray, sources: list[str]
+) -> dict[str, Any]:
+    """``conformal`` (coverage of the checkpoint's own sets, when it has them) and
+    ``conformal_curve`` (coverage against α on random halves, from 4 images up)."""
+    sets = predictor.config.conformal
+    found: dict[str, Any] = {}
+    if sets is not None:
+        names = predictor.config.label_names
+        found["conformal"] = coverage_report(calibrated, labels, sets, names, sources)
+    if len(labels) >= 4:
+        found["conformal_curve"] = coverage_curve(
+            calibrated, labels, sets.method if sets else "lac"
+        )
+    return found
 
 
 def save_plots(labels: np.ndarray, probabilities: np.ndarray, names: list[str], out: Path) -> None:
@@ -217,6 +246,9 @@ def main(argv: list[str] | None = None) -> None:
     if "audit" in result:
         save_audit_plots(result["audit"], names, out)
         print(format_audit(result["audit"], names))
+    if "conformal_curve" in result:
+        save_coverage_plot(result["conformal_curve"], result.get("conformal"), out)
+    print(format_report(result["conformal"]) if "conformal" in result else NO_SETS)
     log.info(
         "accuracy %.3f, macro-F1 %s, macro AUROC %s, ECE %.3f → %.3f; wrote %s",
         result["accuracy"],

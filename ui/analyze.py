@@ -1,4 +1,5 @@
-"""Analyze tab: one upload → calibrated confidences, the top class's overlay and notes."""
+"""Analyze tab: one upload → calibrated confidences, the top class's overlay and notes (which
+start with the conformal prediction set, ``model.conformal.describe_set``)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import numpy as np
 
 from imaging.image import ImageInputError, LoadedImage
 from imaging.load import load_image
+from model.conformal import describe_set
 from model.predictor import Prediction
 from ui.common import Case, describe_input, draw
 
@@ -23,6 +25,14 @@ def analyze_upload(predict: Callable[[LoadedImage], Prediction], path: str | Non
     except ImageInputError as err:
         raise gr.Error(str(err)) from err
     return Case(path, predict(image))
+
+
+def uncertainty(case: Case | None) -> str:
+    """The case's conformal set as one Markdown line ("**90 % set:** A, B · ⚠️ **uncertain**"),
+    what the screen shows under the confidences; empty before any analysis."""
+    if case is None:
+        return ""
+    return describe_set(case.prediction.prediction_set, case.prediction.set_alpha)
 
 
 class AnalyzeHandlers:
@@ -47,7 +57,7 @@ class AnalyzeHandlers:
             prediction.confidences(),
             draw(prediction, top, opacity, colormap),
             gr.update(value=top),
-            describe_input(prediction.image, prediction.ood),
+            uncertainty(case) + "\n\n" + describe_input(prediction.image, prediction.ood),
             case,
         )
 
