@@ -271,7 +271,7 @@ class Predictor:
                 maps[i],
                 im,
                 features[i],
-                assess(im, features[i], self.ood_stats),
+                assess(im, features[i], self.ood_stats, lungs[i]),
                 boxes[i],
                 lungs[i],
             )
