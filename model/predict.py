@@ -6,7 +6,9 @@ INPUTS are files (any format ``load_image`` reads: PNG, JPEG, DICOM …), folder
 recursively for every suffix in ``imaging.image.SUPPORTED_SUFFIXES``) and glob patterns
 (quoted, e.g. ``'scans/*.dcm'``).
 Writes ``DIR/predictions.csv`` (one row per input, in input order; unreadable files get
-``status=error`` and the reason) and ``DIR/overlays/<name>.png`` (the top class's heatmap at the
+``status=error`` and the reason; ``lungs_found`` yes/no and ``lung_share_<class>``, the share
+of each class's heatmap on the lung fields, empty when none were found — ``model.lung_share``)
+and ``DIR/overlays/<name>.png`` (the top class's heatmap at the
 image's own resolution). Exit status: 0 when every input was predicted, 1 when some failed.
 """
 
@@ -26,6 +28,7 @@ from tqdm import tqdm
 from imaging.image import SUPPORTED_SUFFIXES
 from imaging.load import decoded_batches
 from imaging.overlay import COLORMAPS, DEFAULT_COLORMAP, DEFAULT_OPACITY, overlay
+from model import lung_share
 from model.predictor import Prediction, Predictor
 
 CSV_NAME = "predictions.csv"
@@ -105,17 +108,20 @@ def predict_files(
 
 
 def write_csv(rows: Sequence[Row], labels: Sequence[str], target: Path) -> None:
-    """One line per input: path, status, top label, each class's calibrated probability."""
+    """One line per input: path, status, top label, each class's calibrated probability, then
+    whether lung fields were found and each class's heatmap share on them."""
+    lungs = lung_share.csv_header(list(labels))
     with target.open("w", newline="") as handle:
         writer = csv.writer(handle)
-        writer.writerow(["path", "status", "top_label", *labels, "overlay", "error"])
+        writer.writerow(["path", "status", "top_label", *labels, "overlay", "error", *lungs])
         for row in rows:
+            cells = lung_share.csv_cells(row.prediction, len(labels))
             if row.prediction is None:
-                writer.writerow([row.path, "error", "", *[""] * len(labels), "", row.error])
+                writer.writerow([row.path, "error", "", *[""] * len(labels), "", row.error, *cells])
                 continue
             probabilities = [f"{p:.6f}" for p in row.prediction.probabilities]
             writer.writerow(
-                [row.path, "ok", row.prediction.top_label, *probabilities, row.overlay, ""]
+                [row.path, "ok", row.prediction.top_label, *probabilities, row.overlay, "", *cells]
             )
 
 
