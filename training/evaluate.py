@@ -9,7 +9,9 @@ source (from each folder's ``manifest.csv``; a folder without one is one source 
 it) — needed on lung5, where each class comes mostly from one source. A folder may hold only
 some of the five class folders; what needs the absent classes is null. The shortcut audit
 (``training.audit``; ``--no-audit`` skips it) scores every image again with its centre or its
-border blanked and histogram-equalised, per source and class.
+border blanked and histogram-equalised, per source and class. With the lung segmenter loaded,
+the ``lung_share`` section (``training.lung_share``) says how much of the predicted class's
+heatmap lies on the lung fields, per class and per source (plot: ``lung_share.png``).
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ from training.audit import (
 )
 from training.calibrate import softmax
 from training.data import ImageRecord
+from training.lung_share import format_lung_share, lung_share_section, save_lung_share_plot
 from training.metrics import binary_auroc, classification_metrics
 from training.sources import scan_folders
 
@@ -66,11 +69,13 @@ def evaluate(
     """metrics.json content, plus labels and calibrated probabilities for the plots.
 
     With ``audit``, every image is also scored under the shortcut audit's edits (same
-    ``Predictor`` path, one decode per file) and the result has an ``audit`` section.
+    ``Predictor`` path, one decode per file) and the result has an ``audit`` section. With a
+    lung segmenter, it has a ``lung_share`` section.
     """
     names = predictor.config.label_names
     variants = VARIANTS if audit else {"clean": VARIANTS["clean"]}
-    all_logits, kept, failed = predict_variants(predictor, records, variants)
+    lungs: list[tuple[bool | None, float | None]] = []
+    all_logits, kept, failed = predict_variants(predictor, records, variants, lungs=lungs)
     if not kept:
         raise NothingToScore(f"none of the {len(records)} images could be read, e.g. {failed[0]}")
     logits = all_logits["clean"]
@@ -110,6 +115,10 @@ def evaluate(
             }
     if audit:
         result["audit"] = shortcut_audit(all_logits, kept, names, temperature)
+    if predictor.segmenter is not None:
+        segmenter = predictor.segmenter.description
+        predicted = logits.argmax(axis=1)
+        result["lung_share"] = lung_share_section(lungs, kept, predicted, names, segmenter)
     return result, labels, calibrated
 
 
@@ -217,6 +226,9 @@ def main(argv: list[str] | None = None) -> None:
     if "audit" in result:
         save_audit_plots(result["audit"], names, out)
         print(format_audit(result["audit"], names))
+    if "lung_share" in result:
+        save_lung_share_plot(result["lung_share"], out)
+        print(format_lung_share(result["lung_share"]))
     log.info(
         "accuracy %.3f, macro-F1 %s, macro AUROC %s, ECE %.3f → %.3f; wrote %s",
         result["accuracy"],
