@@ -19,7 +19,8 @@ The mask is used to say how much of a Grad-CAM heatmap lies on the lungs
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -181,12 +182,31 @@ def dice(prediction: np.ndarray, truth: np.ndarray) -> float:
     return 1.0 if total == 0 else 2.0 * int((prediction & truth).sum()) / total
 
 
+@contextmanager
+def torch_threads(count: int | None) -> Iterator[None]:
+    """Run the block with ``count`` intra-op threads (None: as they are), then restore them."""
+    before = torch.get_num_threads()
+    if count is None or count == before:
+        yield
+        return
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 class LungSegmenter:
-    """A loaded segmenter in eval mode; ``analyse``/``segment`` take 8-bit grayscale arrays."""
+    """A loaded segmenter in eval mode; ``analyse``/``segment`` take 8-bit grayscale arrays.
+
+    ``threads`` sets torch's intra-op threads for its forward only (None: the process's);
+    measured in docs/BENCHMARKS.md ("Lung segmenter inside /predict").
+    """
 
     def __init__(self, network: nn.Module, config: SegmenterConfig) -> None:
         self.network = network.eval()
         self.config = config
+        self.threads: int | None = None
 
     @classmethod
     def load(cls, path: str | Path | None = None) -> LungSegmenter:
@@ -233,7 +253,8 @@ class LungSegmenter:
     def _forward(self, images: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         inputs = np.stack([preprocess(_check_gray(g), self.config) for g in images])
         device = next(self.network.parameters()).device
-        logits = self.network(torch.from_numpy(inputs).to(device))
+        with torch_threads(self.threads if device.type == "cpu" else None):
+            logits = self.network(torch.from_numpy(inputs).to(device))
         return inputs[:, 0], torch.sigmoid(logits)[:, 0].float().cpu().numpy()
 
     def analyse_many(self, images: Sequence[np.ndarray]) -> list[LungMask]:
