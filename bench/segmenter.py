@@ -12,7 +12,8 @@ with the load average so a busy machine shows.
 handler (decode, ``Predictor.predict``, overlay, notes with every class's on-lung share, the
 line beside the overlay) plus Gradio's JPEG encode, on bench.serve's 2048×2048 upload, in
 interleaved rounds without the segmenter, with it at the process's threads and with it at 1
-thread (``LungSegmenter.threads``); medians.
+thread (``LungSegmenter.threads``, the default); medians. "with" means the process's thread
+count (``--threads``).
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ import numpy as np
 import torch
 
 from imaging.load import load_image
-from model.segmenter import LungSegmenter
+from model.segmenter import SEGMENTER_THREADS, LungSegmenter
 from training.data import LUNG5
 
 
@@ -60,7 +61,7 @@ def predict_share(model: str | None, rounds: int) -> dict[str, float]:
     if segmenter is None:
         raise SystemExit("no lung segmenter found (assets/segmenter); nothing to compare")
     handlers = AnalyzeHandlers(predictor.predict)
-    modes = {"without": (None, None), "with": (segmenter, None), "with_1_thread": (segmenter, 1)}
+    modes = {"without": (None, None), "with_1_thread": (segmenter, 1), "with": (segmenter, None)}
     samples: dict[str, list[float]] = {name: [] for name in modes}
     with tempfile.TemporaryDirectory(prefix="lungcam-bench-") as tmp:
         upload = str(make_uploads(Path(tmp), 1)[0])
@@ -78,7 +79,7 @@ def predict_share(model: str | None, rounds: int) -> dict[str, float]:
                 request()
                 if round_index:  # the first round warms up
                     samples[name].append((time.perf_counter() - start) * 1000)
-    predictor.segmenter, segmenter.threads = segmenter, None
+    predictor.segmenter, segmenter.threads = segmenter, SEGMENTER_THREADS
     result = {f"{name}_ms": round(statistics.median(v), 1) for name, v in samples.items()}
     for name in ("with", "with_1_thread"):
         added = result[f"{name}_ms"] / result["without_ms"] - 1
@@ -106,6 +107,7 @@ def main() -> None:
         print(json.dumps(result, indent=2))
         return
     segmenter = LungSegmenter.load(args.segmenter)
+    segmenter.threads = None  # analyse() below runs at --threads too
     height, width = segmenter.config.image_size
     x = torch.randn(1, 1, height, width)
     rng = np.random.default_rng(0)

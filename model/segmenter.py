@@ -38,6 +38,10 @@ CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 DEFAULT_SEGMENTER = Path(__file__).resolve().parent.parent / "assets" / "segmenter"
 ARCHITECTURES = ("Unet",)
+POSTPROCESS_SIDE = 512  # the lungmask films the scores were measured on are ≤ 512 px a side
+# The forward's intra-op threads on CPU. One: on this 2-core machine under load two threads
+# took 0.9–2.3 s per forward (oversubscription), one 60 ms (docs/BENCHMARKS.md).
+SEGMENTER_THREADS = 1
 
 
 @dataclass
@@ -199,14 +203,15 @@ def torch_threads(count: int | None) -> Iterator[None]:
 class LungSegmenter:
     """A loaded segmenter in eval mode; ``analyse``/``segment`` take 8-bit grayscale arrays.
 
-    ``threads`` sets torch's intra-op threads for its forward only (None: the process's);
-    measured in docs/BENCHMARKS.md ("Lung segmenter inside /predict").
+    ``threads`` sets torch's intra-op threads for its CPU forward only (None: the process's;
+    default ``SEGMENTER_THREADS``), restored afterwards; measured in docs/BENCHMARKS.md
+    ("Lung segmenter inside /predict").
     """
 
     def __init__(self, network: nn.Module, config: SegmenterConfig) -> None:
         self.network = network.eval()
         self.config = config
-        self.threads: int | None = None
+        self.threads: int | None = SEGMENTER_THREADS
 
     @classmethod
     def load(cls, path: str | Path | None = None) -> LungSegmenter:
@@ -278,8 +283,15 @@ class LungSegmenter:
     def _postprocess(self, prob: np.ndarray, shape: tuple[int, int], small: np.ndarray) -> LungMask:
         height, width = shape
         contrast = lung_contrast(small, keep_lungs(prob > self.config.threshold)[0])
-        prob = cv2.resize(prob, (width, height), interpolation=cv2.INTER_LINEAR)
+        # Components and hole filling on a grid of at most POSTPROCESS_SIDE px a side, then the
+        # clean mask is scaled up: on a 2048² upload this took 413 ms at full size, 23 ms here.
+        scale = min(1.0, POSTPROCESS_SIDE / max(height, width))
+        grid = (max(1, round(width * scale)), max(1, round(height * scale)))
+        prob = cv2.resize(prob, grid, interpolation=cv2.INTER_LINEAR)
         mask, components = keep_lungs(prob > self.config.threshold)
+        if grid != (width, height):
+            grown = cv2.resize(mask.astype(np.float32), (width, height), cv2.INTER_LINEAR)
+            mask = grown > 0.5
         fraction = float(mask.mean())
         if fraction < self.config.min_lung_fraction or contrast < self.config.min_lung_contrast:
             return LungMask(np.zeros((height, width), dtype=bool), False, 0.0, 0, contrast)
