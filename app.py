@@ -77,7 +77,9 @@ def build_demo(
                         type="numpy",
                         interactive=False,
                     )
+                    lung_text = gr.Markdown()
                     shown_class = gr.Dropdown(labels, value=labels[0], label="Heatmap for class")
+                    outline = gr.Checkbox(label="Outline the lung fields (and any lung crop)")
                     with gr.Row():
                         opacity = gr.Slider(
                             0.0, 1.0, value=DEFAULT_OPACITY, step=0.05, label="Opacity"
@@ -169,17 +171,20 @@ def build_demo(
         cached = gr.State()  # the analysed Case: every later action reuses it
         outputs = [confidences, heatmap, shown_class, notes, cached]
         batched = {"concurrency_limit": max_batch_size, "concurrency_id": "predict"}
-        analyze_inputs = [upload, opacity, colormap, cached]
-        analyzed = [
+        analyze_inputs = [upload, opacity, colormap, cached, outline]
+        lung_inputs = [cached, shown_class]
+        for analyzed in (
             run.click(analysis.analyze, analyze_inputs, outputs, api_name="predict", **batched),
             upload.upload(analysis.analyze, analyze_inputs, outputs, api_name=False, **batched),
-        ]
-        for event in analyzed:
-            event.then(uncertainty, cached, prediction_set, api_name=False)
-        style = [cached, shown_class, opacity, colormap]
+        ):
+            analyzed.then(uncertainty, cached, prediction_set, api_name=False)
+            analyzed.then(analysis.lung_line, lung_inputs, lung_text, api_name=False)
+        style = [cached, shown_class, opacity, colormap, outline]
         shown_class.input(analysis.redraw, style, heatmap, api_name=False)
+        shown_class.input(analysis.lung_line, lung_inputs, lung_text, api_name=False)
         colormap.input(analysis.redraw, style, heatmap, api_name=False)
         opacity.release(analysis.redraw, style, heatmap, api_name=False)
+        outline.input(analysis.redraw, style, heatmap, api_name=False)
         look = [opacity, colormap, contour]
         choice = [cached, method, explain_class, layer]
         hint_events = [method.input, layer.input]
@@ -206,7 +211,7 @@ def build_demo(
         review_inputs += [note, reviewer, store_image, review_id, cached]
         saved = [review_status, last_review]
         save.click(reviews.save_review, review_inputs, saved, api_name="review")
-        report_inputs = [last_review, opacity, colormap]
+        report_inputs = [last_review, opacity, colormap, outline]
         report.click(reviews.make_report, report_inputs, report_file, api_name="report")
         filters = [class_filter, agreement_filter, reviewer_filter]
         refreshers = [refresh.click, class_filter.input, agreement_filter.input]

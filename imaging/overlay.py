@@ -18,6 +18,10 @@ COLORMAPS: dict[str, int] = {
 
 DEFAULT_OPACITY = 0.45  # the overlay style every screen, CLI and report starts from
 DEFAULT_COLORMAP = "jet"
+# Outlines are white with a black halo on each side: every colormap above has dark and light
+# ends, so a single colour vanishes somewhere, a two-tone line reads on all of them.
+OUTLINE_COLOR = (255, 255, 255)
+OUTLINE_HALO = (0, 0, 0)
 
 
 def colorize(heatmap: np.ndarray, colormap: str = DEFAULT_COLORMAP) -> np.ndarray:
@@ -65,10 +69,37 @@ def draw_contour(
     """Outline the top-``fraction`` activation region of ``heatmap`` on a copy of ``rgb``."""
     if rgb.shape[:2] != heatmap.shape[:2]:
         raise ValueError(f"image {rgb.shape[:2]} and heatmap {heatmap.shape[:2]} differ in size")
-    mask = np.uint8(top_region(heatmap, fraction)) * 255
-    contours, _ = cv2.findContours(mask, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    return draw_outline(rgb, top_region(heatmap, fraction), color, halo=None)
+
+
+def draw_outline(
+    rgb: np.ndarray,
+    mask: np.ndarray,
+    color: tuple[int, int, int] = OUTLINE_COLOR,
+    halo: tuple[int, int, int] | None = OUTLINE_HALO,
+) -> np.ndarray:
+    """Outline every region of a boolean ``mask`` (e.g. the lung fields) on a copy of ``rgb``.
+
+    The line is about 1/256 of the longer side thick (at least 1 px); with ``halo`` a line of
+    that colour 2 px wider is drawn first, so the outline reads on any colormap.
+    """
+    if rgb.shape[:2] != mask.shape[:2]:
+        raise ValueError(f"image {rgb.shape[:2]} and mask {mask.shape[:2]} differ in size")
+    contours, _ = cv2.findContours(np.uint8(mask) * 255, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
     thickness = max(1, round(max(rgb.shape[:2]) / 256))
-    return cv2.drawContours(rgb.copy(), contours, -1, color, thickness)
+    out = rgb.copy()
+    if halo is not None:
+        cv2.drawContours(out, contours, -1, halo, thickness + 2)
+    return cv2.drawContours(out, contours, -1, color, thickness)
+
+
+def draw_box(rgb: np.ndarray, box: tuple[int, int, int, int]) -> np.ndarray:
+    """Outline the pixel box ``[x0, x1) × [y0, y1)`` given as ``(x0, y0, x1, y1)``, in the
+    style of ``draw_outline`` (e.g. the crop a lung-cropping model saw)."""
+    x0, y0, x1, y1 = box
+    mask = np.zeros(rgb.shape[:2], dtype=bool)
+    mask[y0:y1, x0:x1] = True
+    return draw_outline(rgb, mask)
 
 
 def save_png(array: np.ndarray, path: str | Path) -> Path:

@@ -11,6 +11,8 @@ Three signals, all cheap at serving time:
    warns above its ``quantile`` on the validation split.
 2. **Colour**: the mean saturation of the upload before it was turned gray.
 3. **Shape**: an aspect ratio no chest radiograph has.
+4. **No lung fields**: the lung segmenter (``model.segmenter``) found no lungs, while the
+   feature score is above ``NO_LUNGS_SCORE`` (further evidence, measured in docs/INPUTS.md).
 
 The fitted statistics travel in the checkpoint's ``config.json`` (``lungcam.ood``); they are
 fitted and measured offline by ``training.ood_fit``::
@@ -28,11 +30,18 @@ from typing import Any
 import numpy as np
 
 from imaging.image import LoadedImage
+from model.segmenter import LungMask
 
 MAX_SATURATION = 0.05  # lung5 radiographs: 0; colour photos: 0.1 and more
 ASPECT_RANGE = (0.5, 2.0)  # width / height; lung5 spans 0.82 to 1.62
 DEFAULT_COMPONENTS = 32
 DEFAULT_QUANTILE = 0.99
+# "No lung fields found" warns when the feature score (1 = the feature threshold) is above this
+# lower bar, or when there is no score (no fitted statistics). Chosen by measuring
+# (`python -m training.ood_fit measure`, docs/INPUTS.md): see NO_LUNGS_CANDIDATES.
+NO_LUNGS_SCORE = 0.0
+NO_LUNGS_CANDIDATES = (float("inf"), 0.75, 0.5, 0.25, 0.0)  # inf: the lungs are not used
+NO_LUNGS_REASON = "no lung fields were found on it"
 
 
 @dataclass
@@ -122,19 +131,42 @@ def check_image(image: LoadedImage) -> list[str]:
     return reasons
 
 
-def assess(image: LoadedImage, features: np.ndarray | None, stats: FeatureStats | None) -> OODCheck:
-    """Combine the cheap checks with the feature scores for one image."""
+def assess(
+    image: LoadedImage,
+    features: np.ndarray | None,
+    stats: FeatureStats | None,
+    lungs: LungMask | None = None,
+    no_lungs_score: float = NO_LUNGS_SCORE,
+) -> OODCheck:
+    """Combine the cheap checks, the feature scores and the lung fields for one image.
+
+    ``lungs`` is the segmenter's answer (None: no segmenter loaded, nothing is concluded).
+    "No lung fields found" is a reason when the feature score exceeds ``no_lungs_score`` (or
+    there is no score).
+    """
     reasons = check_image(image)
-    if stats is None or features is None:
-        return OODCheck(reasons)
-    distance, residual = (float(v[0]) for v in stats.scores(features))
-    score = max(distance / stats.distance_threshold, residual / stats.residual_threshold)
-    if score > 1:
-        reasons.append(
-            f"the model's features are far from its training X-rays "
-            f"(score {score:.1f}; above 1 is unusual for chest X-rays)"
-        )
+    score = None
+    if stats is not None and features is not None:
+        distance, residual = (float(v[0]) for v in stats.scores(features))
+        score = max(distance / stats.distance_threshold, residual / stats.residual_threshold)
+        if score > 1:
+            reasons.append(
+                f"the model's features are far from its training X-rays "
+                f"(score {score:.1f}; above 1 is unusual for chest X-rays)"
+            )
+    if no_lungs_warns(None if lungs is None else lungs.found, score, no_lungs_score):
+        reasons.append(NO_LUNGS_REASON)
     return OODCheck(reasons, score)
+
+
+def no_lungs_warns(
+    lungs_found: bool | None, score: float | None, no_lungs_score: float = NO_LUNGS_SCORE
+) -> bool:
+    """Whether the segmenter's answer (``lungs_found``; None: no segmenter) counts against an
+    image with feature ``score`` (None: no fitted statistics)."""
+    if lungs_found is None or lungs_found:
+        return False
+    return score is None or score > no_lungs_score
 
 
 def describe(check: OODCheck) -> str:

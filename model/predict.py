@@ -7,9 +7,10 @@ recursively for every suffix in ``imaging.image.SUPPORTED_SUFFIXES``) and glob p
 (quoted, e.g. ``'scans/*.dcm'``).
 Writes ``DIR/predictions.csv`` (one row per input, in input order; unreadable files get
 ``status=error`` and the reason; ``prediction_set`` is the conformal set, classes joined by
-``|``, empty for a model without one) and ``DIR/overlays/<name>.png`` (the top class's
-heatmap at the image's own resolution). Exit status: 0 when every input was predicted, 1 when
-some failed.
+``|``, empty for a model without one; ``lungs_found`` yes/no and ``lung_share_<class>``, the
+share of each class's heatmap on the lung fields, empty when none were found —
+``model.lung_share``) and ``DIR/overlays/<name>.png`` (the top class's heatmap at the image's
+own resolution). Exit status: 0 when every input was predicted, 1 when some failed.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from tqdm import tqdm
 from imaging.image import SUPPORTED_SUFFIXES
 from imaging.load import decoded_batches
 from imaging.overlay import COLORMAPS, DEFAULT_COLORMAP, DEFAULT_OPACITY, overlay
+from model import lung_share
 from model.predictor import Prediction, Predictor
 
 CSV_NAME = "predictions.csv"
@@ -108,20 +110,34 @@ def predict_files(
 
 def write_csv(rows: Sequence[Row], labels: Sequence[str], target: Path) -> None:
     """One line per input: path, status, top label, conformal set (``|``-joined), each class's
-    calibrated probability."""
+    calibrated probability, then whether lung fields were found and each class's heatmap share
+    on them."""
+    lungs = lung_share.csv_header(list(labels))
     with target.open("w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(
-            ["path", "status", "top_label", "prediction_set", *labels, "overlay", "error"]
+            ["path", "status", "top_label", "prediction_set", *labels, "overlay", "error", *lungs]
         )
         for row in rows:
+            cells = lung_share.csv_cells(row.prediction, len(labels))
             if row.prediction is None:
-                writer.writerow([row.path, "error", "", "", *[""] * len(labels), "", row.error])
+                writer.writerow(
+                    [row.path, "error", "", "", *[""] * len(labels), "", row.error, *cells]
+                )
                 continue
             probabilities = [f"{p:.6f}" for p in row.prediction.probabilities]
             shown = "|".join(row.prediction.prediction_set or [])
             writer.writerow(
-                [row.path, "ok", row.prediction.top_label, shown, *probabilities, row.overlay, ""]
+                [
+                    row.path,
+                    "ok",
+                    row.prediction.top_label,
+                    shown,
+                    *probabilities,
+                    row.overlay,
+                    "",
+                    *cells,
+                ]
             )
 
 

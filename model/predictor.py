@@ -279,7 +279,7 @@ class Predictor:
                 maps[i],
                 im,
                 features[i],
-                assess(im, features[i], self.ood_stats),
+                assess(im, features[i], self.ood_stats, lungs[i]),
                 boxes[i],
                 lungs[i],
                 prediction_set=sets.named_set(probabilities[i], self.config.label_names)

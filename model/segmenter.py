@@ -19,7 +19,8 @@ The mask is used to say how much of a Grad-CAM heatmap lies on the lungs
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,6 +38,10 @@ CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 DEFAULT_SEGMENTER = Path(__file__).resolve().parent.parent / "assets" / "segmenter"
 ARCHITECTURES = ("Unet",)
+POSTPROCESS_SIDE = 512  # the lungmask films the scores were measured on are ≤ 512 px a side
+# The forward's intra-op threads on CPU. One: on this 2-core machine under load two threads
+# took 0.9–2.3 s per forward (oversubscription), one 60 ms (docs/BENCHMARKS.md).
+SEGMENTER_THREADS = 1
 
 
 @dataclass
@@ -181,12 +186,32 @@ def dice(prediction: np.ndarray, truth: np.ndarray) -> float:
     return 1.0 if total == 0 else 2.0 * int((prediction & truth).sum()) / total
 
 
+@contextmanager
+def torch_threads(count: int | None) -> Iterator[None]:
+    """Run the block with ``count`` intra-op threads (None: as they are), then restore them."""
+    before = torch.get_num_threads()
+    if count is None or count == before:
+        yield
+        return
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 class LungSegmenter:
-    """A loaded segmenter in eval mode; ``analyse``/``segment`` take 8-bit grayscale arrays."""
+    """A loaded segmenter in eval mode; ``analyse``/``segment`` take 8-bit grayscale arrays.
+
+    ``threads`` sets torch's intra-op threads for its CPU forward only (None: the process's;
+    default ``SEGMENTER_THREADS``), restored afterwards; measured in docs/BENCHMARKS.md
+    ("Lung segmenter inside /predict").
+    """
 
     def __init__(self, network: nn.Module, config: SegmenterConfig) -> None:
         self.network = network.eval()
         self.config = config
+        self.threads: int | None = SEGMENTER_THREADS
 
     @classmethod
     def load(cls, path: str | Path | None = None) -> LungSegmenter:
@@ -233,7 +258,8 @@ class LungSegmenter:
     def _forward(self, images: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         inputs = np.stack([preprocess(_check_gray(g), self.config) for g in images])
         device = next(self.network.parameters()).device
-        logits = self.network(torch.from_numpy(inputs).to(device))
+        with torch_threads(self.threads if device.type == "cpu" else None):
+            logits = self.network(torch.from_numpy(inputs).to(device))
         return inputs[:, 0], torch.sigmoid(logits)[:, 0].float().cpu().numpy()
 
     def analyse_many(self, images: Sequence[np.ndarray]) -> list[LungMask]:
@@ -257,8 +283,15 @@ class LungSegmenter:
     def _postprocess(self, prob: np.ndarray, shape: tuple[int, int], small: np.ndarray) -> LungMask:
         height, width = shape
         contrast = lung_contrast(small, keep_lungs(prob > self.config.threshold)[0])
-        prob = cv2.resize(prob, (width, height), interpolation=cv2.INTER_LINEAR)
+        # Components and hole filling on a grid of at most POSTPROCESS_SIDE px a side, then the
+        # clean mask is scaled up: on a 2048² upload this took 413 ms at full size, 23 ms here.
+        scale = min(1.0, POSTPROCESS_SIDE / max(height, width))
+        grid = (max(1, round(width * scale)), max(1, round(height * scale)))
+        prob = cv2.resize(prob, grid, interpolation=cv2.INTER_LINEAR)
         mask, components = keep_lungs(prob > self.config.threshold)
+        if grid != (width, height):
+            grown = cv2.resize(mask.astype(np.float32), (width, height), cv2.INTER_LINEAR)
+            mask = grown > 0.5
         fraction = float(mask.mean())
         if fraction < self.config.min_lung_fraction or contrast < self.config.min_lung_contrast:
             return LungMask(np.zeros((height, width), dtype=bool), False, 0.0, 0, contrast)

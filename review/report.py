@@ -8,7 +8,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import matplotlib
@@ -33,11 +33,13 @@ def write_case_report(
     image: np.ndarray,
     overlay: np.ndarray,
     disclaimer: str,
+    lungs: Sequence[str] = (),
 ) -> Path:
     """One-page PDF: the image, its heatmap overlay, the probabilities, the review, the model.
 
     ``image`` is (H, W) uint8 grayscale, ``overlay`` (H, W, 3) uint8 RGB (the class the
-    reviewer saw); ``disclaimer`` is Markdown (``**bold**`` is kept).
+    reviewer saw); ``disclaimer`` is Markdown (``**bold**`` is kept); ``lungs`` are plain lines
+    about the heatmaps' share on the lung fields (``model.lung_share.notes``).
     """
     pdf = FPDF(format="A4", unit="mm")
     pdf.set_margins(MARGIN_MM, MARGIN_MM, MARGIN_MM)
@@ -99,6 +101,7 @@ def write_case_report(
             ("Image sha256", review.image_sha256),
             ("Model", f"{review.model_name} · {review.model_version}"),
             ("Checkpoint sha256", review.checkpoint_sha256 or "none (untrained weights)"),
+            *(("Lung fields" if i == 0 else "", line) for i, line in enumerate(lungs)),
         ],
         width,
     )

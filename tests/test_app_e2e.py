@@ -56,3 +56,20 @@ def test_examples_are_real_and_small():
     assert 5 <= len(examples) <= 10
     assert sum(p.stat().st_size for p in examples) <= 1_000_000
     assert (Path(app.ASSETS, "examples", "LICENSE.md")).is_file()
+
+
+def test_predict_notes_give_every_class_share_on_the_lungs_and_outline_is_optional(
+    client, real_image
+):
+    from gradio_client import handle_file
+
+    label, plain_path, _, notes = predict_api(client, real_image)  # the README's 3 arguments
+    listed = notes.split("Heatmap on the lungs")[1]
+    for c in label["confidences"]:
+        assert f"{c['label']} " in listed and " %" in listed
+    outlined_path = client.predict(handle_file(str(real_image)), 0.45, "jet", True,
+                                   api_name="/predict")[1]
+    plain = np.asarray(Image.open(plain_path)).astype(int)
+    outlined = np.asarray(Image.open(outlined_path)).astype(int)
+    changed = np.abs(outlined - plain).max(axis=2) > 60  # beyond JPEG noise
+    assert 0.001 < changed.mean() < 0.2

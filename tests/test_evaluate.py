@@ -5,6 +5,7 @@ import json
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,6 +15,7 @@ from model.predictor import Predictor
 from tests.conftest import LUNG5, REPO, lung5_images
 from training import evaluate
 from training.audit import VARIANTS, border_only, centre_only, equalised, predict_variants
+from training.data import ImageRecord
 from training.sources import scan_folders
 
 BLOCK_KEYS = {"n", "accuracy", "macro_auroc", "classes", "called"}
@@ -159,3 +161,44 @@ def test_end_to_end_evaluate_writes_the_audit(folders, tiny_checkpoint, tmp_path
     report = capsys.readouterr().out
     assert "Shortcut audit" in report and "extra [Normal]" in report
     assert len(CLASS_FOLDERS) == 5
+
+
+LUNG_BLOCK_KEYS = {"n", "lungs_found", "mean", "quartiles", "below_low_share", "histogram"}
+
+
+def test_lung_share_section_has_exact_figures_per_group():
+    from training.lung_share import lung_share_section
+
+    cells = [(0, "a"), (0, "a"), (2, "b"), (2, "b"), (2, "b")]
+    records = [ImageRecord(Path(f"{i}.png"), k, f"p{i}", src) for i, (k, src) in enumerate(cells)]
+    lungs = [(True, 0.95), (True, 0.35), (True, 0.65), (False, None), (True, 0.85)]
+    section = lung_share_section(lungs, records, np.array([0, 2, 2, 2, 0]), CLASS_NAMES, "seg")
+    overall = section["overall"]
+    assert set(overall) == LUNG_BLOCK_KEYS and overall["n"] == 5 and overall["lungs_found"] == 4
+    assert overall["mean"] == pytest.approx(0.7) and overall["below_low_share"] == 0.25
+    assert overall["quartiles"] == pytest.approx([0.575, 0.75, 0.875])
+    assert overall["histogram"] == [0, 0, 0, 1, 0, 0, 1, 0, 1, 1]
+    a, b = section["per_source"]["a"], section["per_source"]["b"]
+    assert a["mean"] == pytest.approx(0.65) and b["mean"] == pytest.approx(0.75) and b["n"] == 3
+    assert list(section["per_class"]) == [CLASS_NAMES[0], CLASS_NAMES[2]]
+    assert section["per_predicted_class"][CLASS_NAMES[0]]["mean"] == pytest.approx(0.9)
+    nothing = lung_share_section([(False, None)], records[:1], np.array([0]), CLASS_NAMES)
+    assert nothing["overall"]["mean"] is None and nothing["overall"]["quartiles"] is None
+    with pytest.raises(ValueError, match="one each per image"):
+        lung_share_section(lungs[:2], records, np.zeros(5), CLASS_NAMES)
+
+
+def test_evaluate_writes_the_lung_share_section_and_plot(folders, tiny_checkpoint, tmp_path,
+                                                         capsys):
+    metrics, out = _run(tmp_path, tiny_checkpoint, *folders, extra=["--no-audit"])
+    section = metrics["lung_share"]
+    assert section["low_share"] == 0.5 and section["segmenter"].startswith("lung segmenter")
+    assert set(section["overall"]) == LUNG_BLOCK_KEYS and section["overall"]["n"] == 7
+    assert section["overall"]["lungs_found"] == 7  # real films: the segmenter finds lungs
+    assert 0 <= section["overall"]["mean"] <= 1
+    assert set(section["per_source"]) == set(metrics["per_source"])
+    assert sum(b["n"] for b in section["per_class"].values()) == 7
+    for block in [*section["per_class"].values(), *section["per_source"].values()]:
+        assert set(block) == LUNG_BLOCK_KEYS and sum(block["histogram"]) == block["lungs_found"]
+    assert (out / "lung_share.png").stat().st_size > 5000
+    assert "Heatmap on the lungs" in capsys.readouterr().out

@@ -15,6 +15,7 @@ from model import ood
 from model.config import ModelConfig
 from model.ood import OODCheck, assess, check_image, describe
 from model.predictor import Predictor
+from model.segmenter import LungMask
 from tests.conftest import BUNDLED_MODEL, LUNG5, REPO, lung5_images
 from training import ood_fit
 from training.ood_fit import fit_feature_stats
@@ -121,6 +122,51 @@ def test_assess_with_stats_adds_the_feature_reason(gaussian_stats):
     assert not near.warn and near.score < 1
 
 
+def _lungs(found: bool) -> LungMask:
+    mask = np.zeros((100, 100), bool)
+    mask[20:80, 10:45] = mask[20:80, 55:90] = found
+    return LungMask(mask, found, float(mask.mean()), 2 if found else 0)
+
+
+@pytest.mark.parametrize(
+    ("found", "score", "warns"),
+    [
+        (None, None, False),  # no segmenter: nothing concluded
+        (True, None, False),
+        (True, 5.0, False),
+        (False, None, True),  # no fitted statistics: no lungs is enough
+        (False, ood.NO_LUNGS_SCORE + 0.01, True),
+        (False, ood.NO_LUNGS_SCORE, False),  # at or below the lower bar: not enough
+    ],
+)
+def test_no_lungs_rule(found, score, warns):
+    assert ood.no_lungs_warns(found, score) is warns
+
+
+def test_assess_counts_no_lung_fields_as_evidence(gaussian_stats):
+    stats, _ = gaussian_stats
+    near = stats.mean + stats.class_means[0] @ stats.basis
+    assert not assess(gray(), near, stats, _lungs(True)).warn
+    assert not assess(gray(), near, stats, None).warn
+    check = assess(gray(), near, stats, _lungs(False))
+    assert check.score <= 1 and check.reasons == [ood.NO_LUNGS_REASON]
+    strict = assess(gray(), near, stats, _lungs(False), no_lungs_score=check.score + 1)
+    assert not strict.warn
+    far = assess(gray(), stats.mean + 50 * stats.basis[0], stats, _lungs(False))
+    assert len(far.reasons) == 2 and ood.NO_LUNGS_REASON in describe(far)
+    assert assess(gray(), None, None, _lungs(False)).reasons == [ood.NO_LUNGS_REASON]
+
+
+def test_predictor_passes_the_lung_fields_to_the_guard(tiny_checkpoint):
+    """The bundled segmenter: a flat image has no lungs and is flagged for it; a film is not."""
+    predictor = Predictor.load(str(tiny_checkpoint), "cpu")
+    flat, film = predictor.predict_many(
+        [LoadedImage(np.full((120, 100), 128, np.uint8), "PNG", "L"), load_image(lung5_images()[3])]
+    )
+    assert not flat.lungs.found and ood.NO_LUNGS_REASON in flat.ood.reasons
+    assert film.lungs.found and ood.NO_LUNGS_REASON not in film.ood.reasons
+
+
 def test_describe():
     assert describe(OODCheck()) == ""
     text = describe(OODCheck(["the upload is in colour"]))
@@ -169,8 +215,16 @@ def test_fit_then_measure_cli(tiny_checkpoint, tmp_path, capsys):
     ood_fit.main(["measure", *data[:4], "--max-per-class", "1", "--json", str(out)])
     result = json.loads(out.read_text())
     assert result["chest_images"] == 5 and result["non_chest_images"] == 65
-    assert sum(v["images"] for v in result["chest_warn_rate_by_source"].values()) == 5
+    assert sum(result["chest_images_by_source"].values()) == 5
     assert 0 <= result["chest_warn_rate"] <= 1 and 0 <= result["non_chest_warn_rate"] <= 1
+    assert set(result["chest_warn_rate_by_source"]) == set(result["chest_images_by_source"])
+    assert result["non_chest_no_lungs_rate"] > 0  # colour noise and flat pages have no lungs
+    candidates = result["no_lungs_candidates"]
+    assert list(candidates) == [str(t) for t in ood.NO_LUNGS_CANDIDATES]
+    rates = [candidates[str(t)]["non_chest_warn_rate"] for t in ood.NO_LUNGS_CANDIDATES]
+    assert rates == sorted(rates)  # a lower bar can only catch more
+    chosen = candidates[str(ood.NO_LUNGS_SCORE)]
+    assert chosen["non_chest_warn_rate"] == result["non_chest_warn_rate"]
     # colour photos are caught by saturation whatever the weights: a floor that must hold
     assert result["non_chest_warn_rate_by_source"]["generated.colour-noise"] == 1.0
     assert len(lung5_images("test")) == 5

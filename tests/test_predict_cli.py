@@ -146,3 +146,29 @@ def test_runs_as_a_module_and_exits_zero_when_all_succeed(inputs, tiny_checkpoin
     assert "2 of 2 images predicted" in result.stdout
     assert "img" in result.stderr  # tqdm's progress bar
     assert sorted(p.name for p in (out / "overlays").iterdir()) == ["scan0.png", "scan1.png"]
+
+
+def test_csv_has_lung_columns_on_good_bad_and_lungless_files(inputs, tiny_checkpoint, tmp_path):
+    """lungs_found + lung_share_<class>: the real film gets shares, a flat image (no lungs) and
+    the broken file get empty shares; the header lists every class."""
+    flat = tmp_path / "flat.png"
+    Image.fromarray(np.full((200, 180), 128, np.uint8)).save(flat)
+    film = inputs["pngs"] / "scan0.png"
+    out = tmp_path / "out"
+    argv = [str(film), str(flat), str(inputs["broken"]), "--out", str(out)]
+    status = main([*argv, "--model", str(tiny_checkpoint), "--device", "cpu", "--no-progress"])
+    assert status == 1
+    labels = Predictor.load(str(tiny_checkpoint), "cpu").config.label_names
+    with (out / CSV_NAME).open() as handle:
+        header = next(csv.reader(handle))
+    assert header[-6:] == ["lungs_found", *(f"lung_share_{name}" for name in labels)]
+    good, lungless, bad = read_rows(out)
+    assert good["lungs_found"] == "yes"
+    shares = [float(good[f"lung_share_{name}"]) for name in labels]
+    assert all(0.0 <= s <= 1.0 for s in shares)
+    prediction = Predictor.load(str(tiny_checkpoint), "cpu").predict(load_image(film))
+    assert shares == pytest.approx([prediction.lung_share(k) for k in range(5)], abs=1e-4)
+    assert lungless["status"] == "ok" and lungless["lungs_found"] == "no"
+    assert bad["status"] == "error" and bad["lungs_found"] == ""
+    for row in (lungless, bad):
+        assert all(row[f"lung_share_{name}"] == "" for name in labels)

@@ -132,3 +132,39 @@ def test_csv_file_is_named_by_content_inside_the_folder(store, tmp_path):
     assert first == again != empty and first.parent == tmp_path / "exports"
     assert empty.read_text().strip() == ",".join(ROW_COLUMNS)
     assert Path(first).read_text().count("\n") == 2
+
+
+@pytest.mark.parametrize("found", [True, False])
+def test_pdf_states_the_heatmaps_share_on_the_lungs(store, tmp_path, found):
+    """The report handler puts every class's on-lung share (or "lung fields not found") and the
+    off-lungs warning into the PDF."""
+    from imaging.image import LoadedImage
+    from model import lung_share
+    from model.config import ModelConfig
+    from model.predictor import Prediction
+    from model.segmenter import LungMask
+    from ui.review import ReviewHandlers
+
+    pdftotext = _poppler("pdftotext")
+    pixels = _case((200, 200))
+    labels = list(make_draft().probabilities)
+    cams = np.zeros((5, 8, 8), np.float32)
+    cams[:, :, 4:] = 1.0  # every class looks at the right half; the "lungs" are the left half
+    mask = np.zeros(pixels.shape, bool)
+    mask[:, :100] = found
+    probabilities = np.array(list(make_draft().probabilities.values()))
+    image = LoadedImage(pixels, "PNG", "L")
+    lungs = LungMask(mask, found, 0.5, 2)
+    prediction = Prediction(labels, probabilities, np.log(probabilities), cams, image, lungs=lungs)
+    review, _ = store.add(make_draft(image_sha256=pixels_sha256(pixels)))
+    handlers = ReviewHandlers(lambda image: prediction, ModelConfig(), store)
+    pdf = handlers.make_report((review, prediction), 0.45, "jet", True)
+    text = " ".join(subprocess.run([pdftotext, pdf, "-"], check=True, capture_output=True,
+                                   text=True).stdout.split())
+    assert "Lung fields" in text
+    if found:
+        share = lung_share.percent(prediction.lung_share(3))
+        assert f"Tuberculosis {share}" in text and "Heatmap on the lungs" in text
+        assert "Warning: Only" in text and "markers, borders, devices" in text
+    else:
+        assert "lung fields not found" in text and "Warning" not in text

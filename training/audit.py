@@ -105,11 +105,14 @@ def predict_variants(
     records: Sequence[ImageRecord],
     variants: Mapping[str, Callable[[np.ndarray], np.ndarray]],
     batch_size: int = 16,
+    lungs: list[tuple[bool | None, float | None]] | None = None,
 ) -> tuple[dict[str, np.ndarray], list[ImageRecord], list[str]]:
     """Logits of every readable record under every edit, all through ``predict_many``.
 
     Each file is decoded once; each edit of its pixels is a ``LoadedImage`` like the upload,
     so the predictor's own preprocessing applies. Unreadable files are listed, not fatal.
+    ``lungs``, when given, gets each kept record's (lung fields found — None without a
+    segmenter —, on-lung share of the predicted class's heatmap) from the first variant.
     """
     by_path = {record.path: record for record in records}
     logits: dict[str, list[np.ndarray]] = {name: [] for name in variants}
@@ -119,9 +122,15 @@ def predict_variants(
     total = -(-len(by_path) // batch_size)
     for batch in tqdm(batches, total=total, desc="evaluate", disable=None):
         images = [image for _, image in batch]
-        for name, edit in variants.items():
+        for i, (name, edit) in enumerate(variants.items()):
             edited = [dataclasses.replace(im, pixels=edit(im.pixels)) for im in images]
-            logits[name].extend(p.logits for p in predictor.predict_many(edited))
+            predictions = predictor.predict_many(edited)
+            logits[name].extend(p.logits for p in predictions)
+            if lungs is not None and i == 0:
+                lungs.extend(
+                    (None if p.lungs is None else p.lungs.found, p.lung_share(p.top_index))
+                    for p in predictions
+                )
         kept.extend(by_path[path] for path, _ in batch)
     classes = len(predictor.config.label_names)
     arrays = {k: np.array(v).reshape(len(kept), classes) for k, v in logits.items()}

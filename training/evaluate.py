@@ -14,6 +14,9 @@ the checkpoint (``python -m training.calibrate``), ``conformal`` holds the empir
 and mean set size overall, per class and per source; ``coverage_vs_alpha.png`` (and
 ``conformal_curve``) plots coverage and set size against α, fitted on random halves of the
 evaluated images (docs/UNCERTAINTY.md).
+border blanked and histogram-equalised, per source and class. With the lung segmenter loaded,
+the ``lung_share`` section (``training.lung_share``) says how much of the predicted class's
+heatmap lies on the lung fields, per class and per source (plot: ``lung_share.png``).
 """
 
 from __future__ import annotations
@@ -51,6 +54,7 @@ from training.conformal import (
     save_coverage_plot,
 )
 from training.data import ImageRecord
+from training.lung_share import format_lung_share, lung_share_section, save_lung_share_plot
 from training.metrics import binary_auroc, classification_metrics
 from training.sources import scan_folders
 
@@ -77,11 +81,13 @@ def evaluate(
     """metrics.json content, plus labels and calibrated probabilities for the plots.
 
     With ``audit``, every image is also scored under the shortcut audit's edits (same
-    ``Predictor`` path, one decode per file) and the result has an ``audit`` section.
+    ``Predictor`` path, one decode per file) and the result has an ``audit`` section. With a
+    lung segmenter, it has a ``lung_share`` section.
     """
     names = predictor.config.label_names
     variants = VARIANTS if audit else {"clean": VARIANTS["clean"]}
-    all_logits, kept, failed = predict_variants(predictor, records, variants)
+    lungs: list[tuple[bool | None, float | None]] = []
+    all_logits, kept, failed = predict_variants(predictor, records, variants, lungs=lungs)
     if not kept:
         raise NothingToScore(f"none of the {len(records)} images could be read, e.g. {failed[0]}")
     logits = all_logits["clean"]
@@ -122,6 +128,10 @@ def evaluate(
     if audit:
         result["audit"] = shortcut_audit(all_logits, kept, names, temperature)
     result.update(conformal_results(predictor, calibrated, labels, [r.source for r in kept]))
+    if predictor.segmenter is not None:
+        segmenter = predictor.segmenter.description
+        predicted = logits.argmax(axis=1)
+        result["lung_share"] = lung_share_section(lungs, kept, predicted, names, segmenter)
     return result, labels, calibrated
 
 
@@ -246,6 +256,9 @@ def main(argv: list[str] | None = None) -> None:
     if "audit" in result:
         save_audit_plots(result["audit"], names, out)
         print(format_audit(result["audit"], names))
+    if "lung_share" in result:
+        save_lung_share_plot(result["lung_share"], out)
+        print(format_lung_share(result["lung_share"]))
     if "conformal_curve" in result:
         save_coverage_plot(result["conformal_curve"], result.get("conformal"), out)
     print(format_report(result["conformal"]) if "conformal" in result else NO_SETS)

@@ -2,22 +2,25 @@
 
 ``fit`` puts PCA + tied-covariance class Gaussians on the train split's pooled features and
 sets the thresholds on the validation split; ``measure`` reports the warn rates on a split's
-chest X-rays and on images that are not chest X-rays, as the app computes them::
+chest X-rays (per data folder) and on images that are not chest X-rays, as the app computes
+them, and how each candidate ``NO_LUNGS_SCORE`` would change them::
 
     python -m training.ood_fit fit --model assets/model \
         --data ../shared/data/lung5 ../shared/data/lung5-extra --max-per-class 300
     python -m training.ood_fit measure --model assets/model \
-        --data ../shared/data/lung5 ../shared/data/lung5-extra
+        --data ../shared/data/lung5 ../shared/data/lung5-extra --details guard.csv
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import datetime
 import io
 import json
 import platform
-from collections.abc import Iterator, Sequence
+from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +28,15 @@ import numpy as np
 from imaging.image import ImageInputError, LoadedImage
 from imaging.load import decoded_batches, load_image
 from model.config import CONFIG_FILE, ModelConfig
-from model.ood import DEFAULT_COMPONENTS, DEFAULT_QUANTILE, FeatureStats
+from model.ood import (
+    DEFAULT_COMPONENTS,
+    DEFAULT_QUANTILE,
+    NO_LUNGS_CANDIDATES,
+    NO_LUNGS_SCORE,
+    FeatureStats,
+    check_image,
+    no_lungs_warns,
+)
 from model.predictor import Predictor
 from training.data import subsample
 from training.sources import load_folders
@@ -69,7 +80,6 @@ def fit_feature_stats(
         float(np.quantile(residual[members == g], quantile)) for g in np.unique(members)
     )
     return stats
-
 
 
 # ---------------------------------------------------------------------------------------------
@@ -265,48 +275,99 @@ def fit(args: argparse.Namespace) -> None:
     )
 
 
+def _verdicts(predictions: Iterator, groups: Sequence[str]) -> list[dict]:
+    """Per image: its group, the app's verdict and what the no-lungs rule needs."""
+    rows = []
+    for group, p in zip(groups, predictions, strict=True):
+        rows.append(
+            {
+                "group": group,
+                "warn": p.ood.warn,
+                "cheap": bool(check_image(p.image)),
+                "score": p.ood.score,
+                "lungs_found": None if p.lungs is None else p.lungs.found,
+            }
+        )
+    return rows
+
+
+def _warns(row: dict, no_lungs_score: float) -> bool:
+    """The guard's verdict on ``row`` had ``NO_LUNGS_SCORE`` been ``no_lungs_score``."""
+    feature = row["score"] is not None and row["score"] > 1
+    return (
+        row["cheap"] or feature or no_lungs_warns(row["lungs_found"], row["score"], no_lungs_score)
+    )
+
+
+def _rate(rows: Sequence[dict], key: Callable[[dict], bool]) -> float | None:
+    return round(float(np.mean([key(r) for r in rows])), 4) if rows else None
+
+
+def _by_group(rows: Sequence[dict], key: Callable[[dict], bool]) -> dict[str, float | None]:
+    groups = dict.fromkeys(r["group"] for r in rows)
+    return {g: _rate([r for r in rows if r["group"] == g], key) for g in groups}
+
+
 def measure(args: argparse.Namespace) -> None:
-    """Warn rates on a split's chest X-rays and on non-chest images, as the app computes them."""
+    """Warn rates on test chest X-rays (per source) and on non-chest images, as the app
+    computes them, and what "no lung fields found" adds at each candidate ``NO_LUNGS_SCORE``."""
     predictor = Predictor.load(str(args.model), args.device)
     if predictor.config.ood is None:
         print("note: the checkpoint has no fitted 'ood' section; only colour and shape count")
     records = load_folders(args.data)[args.split]
     if args.max_per_class:
         records = subsample(records, args.max_per_class, seed=1)
-    paths = [r.path for r in records]
-    chest = [p.ood.warn for p in _predictions(predictor, paths, args.batch_size)]
-    by_source: dict[str, list[bool]] = {}
-    for record, warned in zip(records, chest, strict=True):
-        by_source.setdefault(record.source, []).append(warned)
+    predictions = _predictions(predictor, [r.path for r in records], args.batch_size)
+    chest = _verdicts(predictions, [r.source for r in records])
     kinds, others = zip(*non_chest_images(), strict=True)
-    foreign = []
+    foreign_predictions: list = []
     for chunk in _batched(others, args.batch_size):
-        foreign += [p.ood.warn for p in predictor.predict_many([as_upload(a) for a in chunk])]
-    per_group: dict[str, list[bool]] = {}
-    for kind, warned in zip(kinds, foreign, strict=True):
-        group = kind if kind.startswith("generated.") else kind.split(".")[0]
-        per_group.setdefault(group, []).append(warned)
+        foreign_predictions += predictor.predict_many([as_upload(a) for a in chunk])
+    groups = [k if k.startswith("generated.") else k.split(".")[0] for k in kinds]
+    foreign = _verdicts(iter(foreign_predictions), groups)
+
+    def app(row: dict) -> bool:
+        return row["warn"]
+
+    def no_lungs(row: dict) -> bool:
+        return row["lungs_found"] is False
+
     result = {
         "chest_split": args.split,
         "chest_images": len(chest),
-        "chest_warn_rate": round(float(np.mean(chest)), 4),
-        "chest_warn_rate_by_source": {
-            source: {"images": len(warned), "warn_rate": round(float(np.mean(warned)), 4)}
-            for source, warned in sorted(by_source.items())
-        },
+        "chest_warn_rate": _rate(chest, app),
+        "chest_images_by_source": dict(Counter(r["group"] for r in chest)),
+        "chest_warn_rate_by_source": _by_group(chest, app),
+        "chest_no_lungs_rate_by_source": _by_group(chest, no_lungs),
         "non_chest_images": len(foreign),
-        "non_chest_warn_rate": round(float(np.mean(foreign)), 4),
-        "non_chest_warn_rate_by_source": {
-            group: round(float(np.mean(warned)), 4) for group, warned in per_group.items()
+        "non_chest_warn_rate": _rate(foreign, app),
+        "non_chest_warn_rate_by_source": _by_group(foreign, app),
+        "non_chest_no_lungs_rate": _rate(foreign, no_lungs),
+        "non_chest_missed": [k for k, r in zip(kinds, foreign, strict=True) if not r["warn"]],
+        "no_lungs_score": NO_LUNGS_SCORE,
+        "no_lungs_candidates": {
+            str(t): {
+                "chest_warn_rate_by_source": _by_group(chest, lambda r, t=t: _warns(r, t)),
+                "non_chest_warn_rate": _rate(foreign, lambda r, t=t: _warns(r, t)),
+            }
+            for t in NO_LUNGS_CANDIDATES
         },
-        "non_chest_missed": [k for k, w in zip(kinds, foreign, strict=True) if not w],
         "model": predictor.description,
+        "segmenter": predictor.segmenter.description if predictor.segmenter else None,
         "hardware": f"{platform.machine()} {predictor.device}",
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
     }
     print(json.dumps(result, indent=2))
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+    if args.details:
+        with open(args.details, "w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=["set", "group", *chest[0]])
+            writer.writeheader()
+            writer.writerows({"set": "chest", **r} for r in chest)
+            writer.writerows(
+                {"set": "non_chest", **r, "group": k} for k, r in zip(kinds, foreign, strict=True)
+            )
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -330,6 +391,9 @@ def main(argv: list[str] | None = None) -> None:
     commands.choices["fit"].add_argument("--quantile", type=float, default=DEFAULT_QUANTILE)
     commands.choices["measure"].add_argument("--split", default="test")
     commands.choices["measure"].add_argument("--json", type=Path, help="also write results here")
+    commands.choices["measure"].add_argument(
+        "--details", type=Path, help="also write one CSV row per image (score, lungs found)"
+    )
     args = parser.parse_args(argv)
     args.run(args)
 

@@ -11,6 +11,7 @@ import numpy as np
 
 from imaging.image import ImageInputError, LoadedImage
 from imaging.load import load_image
+from model import lung_share
 from model.conformal import describe_set
 from model.predictor import Prediction
 from ui.common import Case, describe_input, draw
@@ -42,12 +43,19 @@ class AnalyzeHandlers:
         self.predict = predict
 
     def analyze(
-        self, path: str | None, opacity: float, colormap: str, cached: Case | None = None
+        self,
+        path: str | None,
+        opacity: float,
+        colormap: str,
+        cached: Case | None = None,
+        outline: bool = False,
     ) -> tuple[dict[str, float], np.ndarray, Any, str, Case]:
         """(confidences, overlay, shown-class update, notes, case) for the upload at ``path``.
 
         An upload runs this at once and the Analyze button runs it again: the second call
-        finds the case cached for the same path and neither decodes nor predicts.
+        finds the case cached for the same path and neither decodes nor predicts. The notes
+        end with every class's on-lung share (``model.lung_share``); ``outline`` draws the
+        lung fields.
         """
         case = cached if cached is not None and cached.of(path) else None
         case = case or analyze_upload(self.predict, path)
@@ -55,17 +63,28 @@ class AnalyzeHandlers:
         top = prediction.top_label
         return (
             prediction.confidences(),
-            draw(prediction, top, opacity, colormap),
+            draw(prediction, top, opacity, colormap, outline),
             gr.update(value=top),
-            uncertainty(case) + "\n\n" + describe_input(prediction.image, prediction.ood),
+            uncertainty(case)
+            + "\n\n"
+            + describe_input(prediction.image, prediction.ood)
+            + "".join(f"\n\n{line}" for line in lung_share.notes(prediction)),
             case,
         )
 
     @staticmethod
     def redraw(
-        case: Case | None, class_name: str, opacity: float, colormap: str
+        case: Case | None, class_name: str, opacity: float, colormap: str, outline: bool = False
     ) -> np.ndarray | None:
-        """The cached case's overlay for another class, opacity or colormap (no model call)."""
+        """The cached case's overlay for another class, opacity, colormap or lung outline
+        (no model call)."""
         if case is None:
             return None
-        return draw(case.prediction, class_name, opacity, colormap)
+        return draw(case.prediction, class_name, opacity, colormap, outline)
+
+    @staticmethod
+    def lung_line(case: Case | None, class_name: str) -> str:
+        """Beside the overlay: how much of ``class_name``'s heatmap lies on the lungs."""
+        if case is None or not class_name:
+            return ""
+        return lung_share.share_line(case.prediction, class_name)

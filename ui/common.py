@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from imaging.image import LoadedImage
-from imaging.overlay import overlay
+from imaging.overlay import draw_box, draw_outline, overlay
 from model.ood import OODCheck, describe
 from model.predictor import Prediction
 
@@ -38,10 +38,25 @@ class Case:
         return path is not None and path == self.path
 
 
-def draw(prediction: Prediction, class_name: str, opacity: float, colormap: str) -> np.ndarray:
-    """``class_name``'s heatmap over the upload at its own resolution (RGB uint8)."""
+def draw(
+    prediction: Prediction,
+    class_name: str,
+    opacity: float,
+    colormap: str,
+    lungs: bool = False,
+) -> np.ndarray:
+    """``class_name``'s heatmap over the upload at its own resolution (RGB uint8).
+
+    ``lungs`` outlines the lung fields found (and the crop box when the model saw only that).
+    """
     index = prediction.class_index(class_name)
-    return overlay(prediction.image.pixels, prediction.heatmap(index), opacity, colormap)
+    drawn = overlay(prediction.image.pixels, prediction.heatmap(index), opacity, colormap)
+    if lungs and prediction.lungs is not None and prediction.lungs.found:
+        drawn = draw_outline(drawn, prediction.lungs.mask)
+    if lungs and prediction.cropped:
+        box = prediction.box
+        drawn = draw_box(drawn, (box.x0, box.y0, box.x1, box.y1))
+    return drawn
 
 
 def describe_input(image: LoadedImage, ood: OODCheck | None = None) -> str:

@@ -8,6 +8,7 @@ from pathlib import Path
 import gradio as gr
 
 from imaging.image import LoadedImage
+from model import lung_share
 from model.config import ModelConfig
 from model.predictor import Prediction
 from review.report import write_case_report
@@ -79,12 +80,19 @@ class ReviewHandlers:
         return f"{verb}: review `{saved.review_id}` by {saved.reviewer}.", (saved, prediction)
 
     def make_report(
-        self, last: tuple[Review, Prediction] | None, opacity: float, colormap: str
+        self,
+        last: tuple[Review, Prediction] | None,
+        opacity: float,
+        colormap: str,
+        outline: bool = False,
     ) -> str:
-        """The saved review's one-page PDF (path), with the overlay as reviewed."""
+        """The saved review's one-page PDF (path), with the overlay as reviewed (``outline``:
+        the lung fields drawn) and the heatmaps' share on the lungs."""
         if last is None:
             raise gr.Error("Save the review first: the report includes it.")
         review, prediction = last
-        drawn = draw(prediction, review.shown_class, opacity, colormap)
+        drawn = draw(prediction, review.shown_class, opacity, colormap, outline)
         path = Path(self.exports) / f"review-{review.review_id}.pdf"
-        return str(write_case_report(path, review, prediction.image.pixels, drawn, DISCLAIMER))
+        lungs = lung_share.notes(prediction, mark="Warning: ")
+        pixels = prediction.image.pixels
+        return str(write_case_report(path, review, pixels, drawn, DISCLAIMER, lungs))
