@@ -33,6 +33,8 @@ MAX_SATURATION = 0.05  # lung5 radiographs: 0; colour photos: 0.1 and more
 ASPECT_RANGE = (0.5, 2.0)  # width / height; lung5 spans 0.82 to 1.62
 DEFAULT_COMPONENTS = 32
 DEFAULT_QUANTILE = 0.99
+NOT_A_CHEST_XRAY = "Not a chest X-ray?"  # the headline instead of a class when the guard warns
+NOT_FRONTAL = "Not a frontal chest X-ray?"  # … when the DICOM header says lateral
 
 
 @dataclass
@@ -146,6 +148,26 @@ def describe(check: OODCheck) -> str:
         + "; ".join(check.reasons)
         + ". The classifier was trained on chest X-rays only: read its output with care."
     )
+
+
+def input_warnings(image: LoadedImage, check: OODCheck | None) -> list[str]:
+    """Every reason to distrust the class scores of ``image``: the guard's verdict (one
+    sentence) and the loader's notes (e.g. a lateral DICOM view). Empty: nothing to warn."""
+    warned = [describe(check)] if check is not None and check.warn else []
+    return warned + list(image.notes)
+
+
+def headline(image: LoadedImage, check: OODCheck | None) -> str | None:
+    """What to headline instead of a class name, or None when the class may be headlined.
+
+    The guard's warning gives ``NOT_A_CHEST_XRAY``; a loader note alone (a lateral view,
+    a multi-frame file) gives ``NOT_FRONTAL`` when it is about the view, else nothing.
+    """
+    if check is not None and check.warn:
+        return NOT_A_CHEST_XRAY
+    if any("lateral" in note for note in image.notes):
+        return NOT_FRONTAL
+    return None
 
 
 def _rounded(values: np.ndarray) -> list:

@@ -6,8 +6,13 @@ INPUTS are files (any format ``load_image`` reads: PNG, JPEG, DICOM …), folder
 recursively for every suffix in ``imaging.image.SUPPORTED_SUFFIXES``) and glob patterns
 (quoted, e.g. ``'scans/*.dcm'``).
 Writes ``DIR/predictions.csv`` (one row per input, in input order; unreadable files get
-``status=error`` and the reason) and ``DIR/overlays/<name>.png`` (the top class's heatmap at the
-image's own resolution). Exit status: 0 when every input was predicted, 1 when some failed.
+``status=error`` and the reason; ``warning`` is non-empty when the image may not be a frontal
+chest X-ray — the guard's verdict or a lateral DICOM view — and then ``top_label`` is no
+diagnosis) and ``DIR/overlays/<name>.png`` (the top class's heatmap at the image's own
+resolution).
+
+Exit status: 0 when every input was predicted (warnings included), 1 when some input could
+not be read (the others are still written), 2 for bad arguments (no inputs found, bad flags).
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from tqdm import tqdm
 from imaging.image import SUPPORTED_SUFFIXES
 from imaging.load import decoded_batches
 from imaging.overlay import COLORMAPS, DEFAULT_COLORMAP, DEFAULT_OPACITY, overlay
+from model.ood import headline, input_warnings
 from model.predictor import Prediction, Predictor
 
 CSV_NAME = "predictions.csv"
@@ -108,15 +114,29 @@ def write_csv(rows: Sequence[Row], labels: Sequence[str], target: Path) -> None:
     """One line per input: path, status, top label, each class's calibrated probability."""
     with target.open("w", newline="") as handle:
         writer = csv.writer(handle)
-        writer.writerow(["path", "status", "top_label", *labels, "overlay", "error"])
+        header = ["path", "status", "warning", "top_label", *labels, "overlay", "error"]
+        writer.writerow(header)
         for row in rows:
             if row.prediction is None:
-                writer.writerow([row.path, "error", "", *[""] * len(labels), "", row.error])
+                writer.writerow([row.path, "error", "", "", *[""] * len(labels), "", row.error])
                 continue
-            probabilities = [f"{p:.6f}" for p in row.prediction.probabilities]
+            prediction = row.prediction
+            probabilities = [f"{p:.6f}" for p in prediction.probabilities]
+            warning = warning_cell(prediction)
             writer.writerow(
-                [row.path, "ok", row.prediction.top_label, *probabilities, row.overlay, ""]
+                [row.path, "ok", warning, prediction.top_label, *probabilities, row.overlay, ""]
             )
+
+
+def warning_cell(prediction: Prediction) -> str:
+    """The CSV's ``warning``: "" when the image looks like a frontal chest X-ray, else the
+    headline the screen shows instead of the class ("Not a chest X-ray?", "Not a frontal
+    chest X-ray?") and the reasons, so nobody reads ``top_label`` as a diagnosis."""
+    title = headline(prediction.image, prediction.ood)
+    reasons = input_warnings(prediction.image, prediction.ood)
+    if title is None and not reasons:
+        return ""
+    return " ".join([title or "Warning:", *reasons])
 
 
 def main(argv: list[str] | None = None) -> int:

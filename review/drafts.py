@@ -47,7 +47,7 @@ class ReviewDraft:
     checkpoint_sha256: str
     agreement: str
     correct_class: str | None
-    heatmap_usefulness: int
+    heatmap_usefulness: int | None  # None: not rated
     heatmap_wrong_place: bool
     note: str
 
@@ -56,46 +56,57 @@ class ReviewDraft:
         return max(self.probabilities, key=self.probabilities.__getitem__)
 
     def validate(self) -> None:
-        """Raise ``ReviewError`` naming the first field that is wrong."""
+        """Raise ``ReviewError`` naming every field that is wrong or missing, at once."""
+        problems = self.problems()
+        if problems:
+            raise ReviewError("; ".join(problems))
+
+    def problems(self) -> list[str]:
+        """Every field that is wrong or missing, each as what to do (empty: valid)."""
         labels = list(self.probabilities)
+        problems: list[str] = []
+        if self.agreement not in AGREEMENTS:
+            problems.append(
+                f"choose agree/disagree (agreement must be one of {AGREEMENTS}; "
+                f"got {self.agreement!r})"
+            )
+        if self.agreement == "disagree":
+            if not self.correct_class:
+                problems.append("disagree requires the correct class: choose it")
+            elif self.correct_class not in labels:
+                problems.append(f"correct class {self.correct_class!r} is not one of {labels}")
+            elif self.correct_class == self.predicted_class:
+                problems.append(
+                    f"disagree, but the correct class given is the predicted one "
+                    f"({self.predicted_class}); choose 'agree' or another class"
+                )
+        if not self.reviewer.strip():
+            problems.append("give a reviewer name (a reviewer name is required, or log in)")
+        elif len(self.reviewer) > MAX_REVIEWER:
+            problems.append(f"reviewer name is {len(self.reviewer)} characters; max {MAX_REVIEWER}")
         if not REVIEW_ID.fullmatch(self.review_id):
-            raise ReviewError(
+            problems.append(
                 f"review_id {self.review_id!r} must be 1-64 letters, digits or _.:- "
                 "(leave it empty to get a fresh one)"
             )
-        if not self.reviewer.strip():
-            raise ReviewError("a reviewer name is required (or log in when auth is on)")
-        if len(self.reviewer) > MAX_REVIEWER:
-            raise ReviewError(
-                f"reviewer name is {len(self.reviewer)} characters; max {MAX_REVIEWER}"
-            )
         if not re.fullmatch(r"[0-9a-f]{64}", self.image_sha256):
-            raise ReviewError(
+            problems.append(
                 f"image_sha256 must be 64 lowercase hex digits; got {self.image_sha256!r}"
             )
         values = list(self.probabilities.values())
         if not labels or not all(math.isfinite(p) and 0.0 <= p <= 1.0 for p in values):
-            raise ReviewError(f"probabilities must be finite values in [0, 1]; got {values}")
-        if abs(sum(values) - 1.0) > 1e-3:
-            raise ReviewError(f"probabilities must sum to 1; they sum to {sum(values):.4f}")
+            problems.append(f"probabilities must be finite values in [0, 1]; got {values}")
+        elif abs(sum(values) - 1.0) > 1e-3:
+            problems.append(f"probabilities must sum to 1; they sum to {sum(values):.4f}")
         if self.shown_class not in labels:
-            raise ReviewError(f"shown class {self.shown_class!r} is not one of {labels}")
-        if self.agreement not in AGREEMENTS:
-            raise ReviewError(f"agreement must be one of {AGREEMENTS}; got {self.agreement!r}")
-        if self.agreement == "disagree":
-            if not self.correct_class:
-                raise ReviewError("disagree requires the correct class")
-            if self.correct_class not in labels:
-                raise ReviewError(f"correct class {self.correct_class!r} is not one of {labels}")
-            if self.correct_class == self.predicted_class:
-                raise ReviewError(
-                    f"disagree, but the correct class given is the predicted one "
-                    f"({self.predicted_class}); choose 'agree' or another class"
-                )
-        if self.heatmap_usefulness not in USEFULNESS:
-            raise ReviewError(f"heatmap usefulness must be 1-5; got {self.heatmap_usefulness!r}")
+            problems.append(f"shown class {self.shown_class!r} is not one of {labels}")
+        if self.heatmap_usefulness is not None and self.heatmap_usefulness not in USEFULNESS:
+            problems.append(
+                f"heatmap usefulness must be 1-5 (or none); got {self.heatmap_usefulness!r}"
+            )
         if len(self.note) > MAX_NOTE:
-            raise ReviewError(f"note is {len(self.note)} characters; max {MAX_NOTE}")
+            problems.append(f"note is {len(self.note)} characters; max {MAX_NOTE}")
+        return problems
 
 
 def draft_from_prediction(
@@ -105,7 +116,7 @@ def draft_from_prediction(
     shown_class: str | None,
     agreement: str,
     correct_class: str | None,
-    heatmap_usefulness: float,
+    heatmap_usefulness: float | None,
     heatmap_wrong_place: bool,
     note: str | None,
     reviewer: str,
@@ -135,11 +146,17 @@ def draft_from_prediction(
     )
 
 
-def _as_score(value: float) -> int:
-    # Sliders send floats; 3.0 is a valid score, 3.5 is not.
-    if value is None or float(value) != int(value):
+def _as_score(value: float | str | None) -> int | None:
+    # None or "": not rated. Sliders and radios send floats or strings; 3.0 is valid, 3.5 not.
+    if value is None or value == "":
+        return None
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        number = math.nan
+    if not math.isfinite(number) or number != int(number):
         raise ReviewError(f"heatmap usefulness must be a whole number 1-5; got {value!r}")
-    return int(value)
+    return int(number)
 
 
 def new_review_id() -> str:

@@ -40,7 +40,7 @@ class Review(Base):
     checkpoint_sha256: Mapped[str] = mapped_column(String(64))
     agrees: Mapped[bool] = mapped_column(Boolean, index=True)
     correct_class: Mapped[str | None] = mapped_column(String(100))
-    heatmap_usefulness: Mapped[int] = mapped_column(Integer)
+    heatmap_usefulness: Mapped[int | None] = mapped_column(Integer)  # None: not rated
     heatmap_wrong_place: Mapped[bool] = mapped_column(Boolean)
     note: Mapped[str] = mapped_column(Text)
 
@@ -55,7 +55,7 @@ class Review(Base):
             "agree" if self.agrees else "disagree",
             self.correct_class or "",
             self.shown_class,
-            self.heatmap_usefulness,
+            "" if self.heatmap_usefulness is None else self.heatmap_usefulness,
             self.heatmap_wrong_place,
             self.note,
             ", ".join(f"{k}: {v:.4f}" for k, v in self.probabilities.items()),

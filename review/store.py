@@ -152,7 +152,7 @@ class ReviewStore:
             checkpoint_sha256=draft.checkpoint_sha256,
             agrees=draft.agreement == "agree",
             correct_class=draft.correct_class if draft.agreement == "disagree" else None,
-            heatmap_usefulness=int(draft.heatmap_usefulness),
+            heatmap_usefulness=draft.heatmap_usefulness,
             heatmap_wrong_place=bool(draft.heatmap_wrong_place),
             note=draft.note,
         )

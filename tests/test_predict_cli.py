@@ -146,3 +146,24 @@ def test_runs_as_a_module_and_exits_zero_when_all_succeed(inputs, tiny_checkpoin
     assert "2 of 2 images predicted" in result.stdout
     assert "img" in result.stderr  # tqdm's progress bar
     assert sorted(p.name for p in (out / "overlays").iterdir()) == ["scan0.png", "scan1.png"]
+
+
+def test_csv_warns_for_a_colour_photo_and_a_lateral_dicom_but_not_a_film(tiny_checkpoint, tmp_path):
+    from tests.bad_inputs import make_dicom, ramp
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    film = folder / "film.png"
+    Image.open(lung5_images("test")[0]).convert("L").save(film)
+    photo = np.zeros((96, 96, 3), np.uint8)
+    photo[..., 0] = 250  # saturated red: the guard's colour check warns
+    Image.fromarray(photo).save(folder / "photo.png")
+    (folder / "side.dcm").write_bytes(make_dicom(ramp(256, 200), ViewPosition="LL"))
+    out = tmp_path / "out"
+    main([str(folder), "--out", str(out), "--model", str(tiny_checkpoint), "--no-progress"])
+    rows = {Path(row["path"]).name: row for row in read_rows(out)}
+    assert rows["film.png"]["warning"] == ""
+    assert rows["photo.png"]["warning"].startswith("Not a chest X-ray?")
+    assert "colour" in rows["photo.png"]["warning"]
+    assert rows["side.dcm"]["warning"].startswith("Not a frontal chest X-ray?")
+    assert "lateral" in rows["side.dcm"]["warning"]
