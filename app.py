@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import os
+from functools import partial
 from pathlib import Path
 
 import gradio as gr
@@ -20,13 +21,13 @@ from imaging.overlay import COLORMAPS, DEFAULT_COLORMAP, DEFAULT_OPACITY
 from model.checkpoint import CheckpointError
 from model.predictor import Predictor
 from review.agreement import SUMMARY_COLUMNS
-from review.auth import parse_auth
-from review.store import AGREEMENTS, ROW_COLUMNS, ReviewStore
+from review.auth import DEFAULT_HOST, parse_auth, reviews_off_reason
+from review.store import AGREEMENTS, USEFULNESS, ReviewStore
 from serving.runtime import configure_storage, data_dir, limit_malloc_arenas, make_predict
 from ui.analyze import AnalyzeHandlers, uncertainty
-from ui.common import DISCLAIMER, DISPLAY_FORMAT
+from ui.common import DISCLAIMER, DISPLAY_FORMAT, HeadlineLabel, legend
 from ui.explain import ExplainHandlers
-from ui.history import HistoryHandlers
+from ui.history import SHORT_COLUMNS, TITLES, HistoryHandlers
 from ui.review import ReviewHandlers
 
 ASSETS = Path(__file__).resolve().parent / "assets"
@@ -34,43 +35,58 @@ MAX_UPLOAD = "100mb"
 
 
 def build_demo(
-    predictor: Predictor, max_batch_size: int = 8, store: ReviewStore | None = None
+    predictor: Predictor,
+    max_batch_size: int = 8,
+    store: ReviewStore | None = None,
+    reviews_off: str = "",
 ) -> gr.Blocks:
     """The whole screen, wired to ``predictor``; ``max_batch_size`` requests share a forward.
 
     Reviews go to ``store`` (default: ``$DATABASE_URL``, else SQLite in the data folder).
+    ``reviews_off`` (why, or "") switches reviews, History and exports off with a banner.
     """
     labels = predictor.config.label_names
     store = store or ReviewStore.open(data_dir())
     predict = make_predict(predictor, max_batch_size)
     analysis = AnalyzeHandlers(predict)
-    reviews = ReviewHandlers(predict, predictor.config, store)
+    reviews = ReviewHandlers(predict, predictor.config, store, reviews_off)
     explaining = ExplainHandlers(predictor, store.data_dir / "exports")
-    past = HistoryHandlers(store, labels)
+    past = HistoryHandlers(store, labels, reviews_off)
 
     with gr.Blocks(title="LungCAM", delete_cache=(3600, 3600)) as demo:
         gr.Markdown("# LungCAM — where does the chest X-ray classifier look?")
         gr.Markdown(DISCLAIMER)
         if not predictor.config.trained:
             gr.Markdown("## ⚠️ This model is UNTRAINED (random weights): its outputs mean nothing.")
+        if reviews_off:
+            gr.Markdown(f"### 🔒 {reviews_off}", elem_id="reviews-off")
         with gr.Tab("Analyze"):
             with gr.Row():
                 with gr.Column():
                     upload = gr.File(label="Chest X-ray (PNG, JPEG, DICOM …)", type="filepath")
                     run = gr.Button("Analyze", variant="primary")
                     examples = sorted((ASSETS / "examples").glob("*.jpg"))
-                    if examples:
-                        gr.Examples(
-                            [[str(p)] for p in examples],
-                            inputs=[upload],
-                            label="Examples from the lung5 test split",
-                        )
+                    example_gallery = gr.Gallery(
+                        [(str(p), p.stem.split("-")[0].title()) for p in examples],
+                        label="Examples from the lung5 test split (click one to analyse it)",
+                        columns=5,
+                        height="auto",
+                        allow_preview=False,
+                        visible=bool(examples),
+                    )
                     notes = gr.Markdown()
+                    original = gr.Image(
+                        label="Original", format=DISPLAY_FORMAT, type="numpy", interactive=False
+                    )
                 with gr.Column():
-                    confidences = gr.Label(
+                    confidences = HeadlineLabel(
                         label="Calibrated confidence", num_top_classes=len(labels)
                     )
                     prediction_set = gr.Markdown()  # "90 % set: …" and the uncertain badge
+                    show_anyway = gr.Checkbox(
+                        label="Show the class scores anyway (when the image may not be a "
+                        "chest X-ray)"
+                    )
                     heatmap = gr.Image(
                         label="Grad-CAM overlay",
                         format=DISPLAY_FORMAT,
@@ -78,6 +94,7 @@ def build_demo(
                         interactive=False,
                     )
                     lung_text = gr.Markdown()
+                    scale = gr.HTML(legend(DEFAULT_COLORMAP))
                     shown_class = gr.Dropdown(labels, value=labels[0], label="Heatmap for class")
                     outline = gr.Checkbox(label="Outline the lung fields (and any lung crop)")
                     with gr.Row():
@@ -93,7 +110,11 @@ def build_demo(
                         correct_class = gr.Dropdown(
                             labels, value=None, label="Correct class (read only when you disagree)"
                         )
-                        usefulness = gr.Slider(1, 5, value=3, step=1, label="Heatmap usefulness")
+                        usefulness = gr.Radio(
+                            list(USEFULNESS),
+                            value=None,
+                            label="Heatmap usefulness (1 useless … 5 very useful; optional)",
+                        )
                         wrong_place = gr.Checkbox(label="Heatmap looks at the wrong place")
                         note = gr.Textbox(label="Note", lines=2)
                         reviewer = gr.Textbox(label="Reviewer name (ignored when logged in)")
@@ -126,11 +147,13 @@ def build_demo(
                     with gr.Row():
                         show = gr.Button("Explain", variant="primary")
                         faithful = gr.Button("Faithfulness (ROAD, ~10 s)")
+                        cancel = gr.Button("Cancel Score-CAM", variant="stop")
                     faith_text = gr.Markdown()
                 with gr.Column():
                     explained_image = gr.Image(
                         label="Overlay", format=DISPLAY_FORMAT, type="numpy", interactive=False
                     )
+                    explain_scale = gr.HTML(legend(DEFAULT_COLORMAP))
                     pngs = gr.File(label="Heatmap and overlay (PNG)", file_count="multiple")
             compared = gr.CheckboxGroup(
                 list(METHODS), value=["Grad-CAM", "Grad-CAM++", "LayerCAM"], label="2–4 methods"
@@ -152,61 +175,109 @@ def build_demo(
                 class_filter = gr.Dropdown(["All", *labels], value="All", label="Predicted class")
                 agreement_filter = gr.Radio(["All", *AGREEMENTS], value="All", label="Agreement")
                 reviewer_filter = gr.Textbox(label="Reviewer (exact name; empty = all)")
+                all_columns = gr.Checkbox(label="All columns")
+            table = gr.Dataframe(
+                headers=[TITLES[c] for c in SHORT_COLUMNS], interactive=False, wrap=True
+            )
             agreement_table = gr.Dataframe(
                 headers=list(SUMMARY_COLUMNS),
                 label="Reviewers agreeing with the top class (Wilson 95 % interval; the class "
                 "and reviewer filters apply)",
                 interactive=False,
             )
-            table = gr.Dataframe(headers=list(ROW_COLUMNS), interactive=False, wrap=True)
             with gr.Row():
                 refresh = gr.Button("Refresh")
                 export = gr.Button("Export these rows as CSV")
             csv_file = gr.File(label="CSV")
             summary_file = gr.File(label="Agreement summary (CSV)")
+            gr.Markdown("Click a row, then reopen its case: the PDF, and the image if stored.")
+            with gr.Row():
+                reopen_id = gr.Textbox(label="Review id to reopen")
+                reopen = gr.Button("Reopen case")
+            with gr.Row():
+                reopened_pdf = gr.File(label="Case report (PDF)")
+                reopened_image = gr.Image(label="Stored image", type="filepath", interactive=False)
         with gr.Tab("Model card"):
             card = ASSETS / "MODEL_CARD.md"
             gr.Markdown(card.read_text() if card.is_file() else "No model card bundled.")
 
         cached = gr.State()  # the analysed Case: every later action reuses it
+        form_case = gr.State()  # the review id of the case the review form belongs to
+        last_review = gr.State()
         outputs = [confidences, heatmap, shown_class, notes, cached]
+        form = [agreement, correct_class, usefulness, wrong_place, note, store_image, review_id]
+        form += [review_status, report_file, last_review, form_case]
         batched = {"concurrency_limit": max_batch_size, "concurrency_id": "predict"}
-        analyze_inputs = [upload, opacity, colormap, cached, outline]
+        analyze_inputs = [upload, opacity, colormap, cached, outline, show_anyway]
         lung_inputs = [cached, shown_class]
-        for analyzed in (
-            run.click(analysis.analyze, analyze_inputs, outputs, api_name="predict", **batched),
-            upload.upload(analysis.analyze, analyze_inputs, outputs, api_name=False, **batched),
-        ):
-            analyzed.then(uncertainty, cached, prediction_set, api_name=False)
-            analyzed.then(analysis.lung_line, lung_inputs, lung_text, api_name=False)
+
+        def after_analysis(event) -> None:
+            # Each new case: the original beside the overlay, the prediction set and the lung
+            # share, the Explain tab's classes set to this image's, the review form cleared;
+            # an error clears the previous case's outputs.
+            event.success(analysis.original, cached, original, api_name=False)
+            event.success(uncertainty, cached, prediction_set, api_name=False)
+            event.success(analysis.lung_line, lung_inputs, lung_text, api_name=False)
+            event.success(
+                explaining.defaults, cached, [explain_class, class_a, class_b], api_name=False
+            )
+            event.success(reviews.new_case, [cached, form_case], form, api_name=False)
+            event.failure(analysis.cleared, None, [*outputs, original], api_name=False)
+            event.failure(lambda: ("", ""), None, [prediction_set, lung_text], api_name=False)
+            event.failure(reviews.new_case, [cached, form_case], form, api_name=False)
+
+        after_analysis(
+            run.click(analysis.analyze, analyze_inputs, outputs, api_name="predict", **batched)
+        )
+        after_analysis(
+            upload.upload(analysis.analyze, analyze_inputs, outputs, api_name=False, **batched)
+        )
+        pick = AnalyzeHandlers.example_picker([str(p) for p in examples])
+        picked = example_gallery.select(pick, None, upload, api_name=False)
+        after_analysis(
+            picked.success(analysis.analyze, analyze_inputs, outputs, api_name=False, **batched)
+        )
+        show_anyway.input(analysis.relabel, [cached, show_anyway], confidences, api_name=False)
         style = [cached, shown_class, opacity, colormap, outline]
         shown_class.input(analysis.redraw, style, heatmap, api_name=False)
         shown_class.input(analysis.lung_line, lung_inputs, lung_text, api_name=False)
         colormap.input(analysis.redraw, style, heatmap, api_name=False)
+        colormap.input(legend, colormap, [scale], api_name=False)
+        colormap.input(legend, colormap, [explain_scale], api_name=False)
         opacity.release(analysis.redraw, style, heatmap, api_name=False)
         outline.input(analysis.redraw, style, heatmap, api_name=False)
         look = [opacity, colormap, contour]
         choice = [cached, method, explain_class, layer]
         hint_events = [method.input, layer.input]
         gr.on(hint_events, explaining.method_hint, [method, layer], hint, api_name=False)
-        show.click(
-            explaining.explain_one, [*choice, *look], [explained_image, pngs], api_name="explain"
-        )
-        compare_button.click(
-            explaining.compare,
-            [cached, compared, explain_class, layer, *look],
-            gallery,
-            api_name=False,
+        # Score-CAM takes minutes on CPU: its own queue, one at a time, and a Cancel button;
+        # every other method runs in the "explain" queue and never waits behind it.
+        fast = {"concurrency_id": "explain"}
+        slow = {"concurrency_id": "score-cam", "concurrency_limit": 1}
+        one = [explained_image, pngs]
+        show.click(explaining.explain_one, [*choice, *look], one, api_name="explain", **fast)
+        slow_one = partial(explaining.explain_one, slow=True)
+        slow_events = [
+            show.click(slow_one, [*choice, *look], one, api_name="explain_score_cam", **slow)
+        ]
+        compared_inputs = [cached, compared, explain_class, layer, *look]
+        compare_button.click(explaining.compare, compared_inputs, gallery, api_name=False, **fast)
+        slow_compare = partial(explaining.compare, slow=True)
+        slow_events.append(
+            compare_button.click(slow_compare, compared_inputs, gallery, api_name=False, **slow)
         )
         contrast_button.click(
             explaining.contrasted,
             [cached, class_a, class_b, *look],
             contrast_image,
             api_name=False,
+            **fast,
         )
-        faithful.click(explaining.faithfulness, choice, faith_text, api_name=False)
+        faithful.click(explaining.faithfulness, choice, faith_text, api_name=False, **fast)
+        slow_faith = partial(explaining.faithfulness, slow=True)
+        slow_events.append(faithful.click(slow_faith, choice, faith_text, api_name=False, **slow))
+        cancel.click(None, None, None, cancels=slow_events, api_name=False)
 
-        last_review = gr.State()
         review_inputs = [upload, shown_class, agreement, correct_class, usefulness, wrong_place]
         review_inputs += [note, reviewer, store_image, review_id, cached]
         saved = [review_status, last_review]
@@ -215,11 +286,13 @@ def build_demo(
         report.click(reviews.make_report, report_inputs, report_file, api_name="report")
         filters = [class_filter, agreement_filter, reviewer_filter]
         refreshers = [refresh.click, class_filter.input, agreement_filter.input]
-        refreshers += [reviewer_filter.submit, history_tab.select, demo.load]
-        gr.on(refreshers, past.history, filters, table, api_name=False)
+        refreshers += [reviewer_filter.submit, history_tab.select, demo.load, all_columns.input]
+        gr.on(refreshers, past.history, [*filters, all_columns], table, api_name=False)
         gr.on(refreshers, past.agreement, filters, agreement_table, api_name=False)
         exported = export.click(past.export_csv, filters, csv_file, api_name="export_csv")
         exported.then(past.export_summary, filters, summary_file, api_name=False)
+        table.select(HistoryHandlers.picked, table, reopen_id, api_name=False)
+        reopen.click(past.reopen, reopen_id, [reopened_pdf, reopened_image], api_name="reopen")
     return demo
 
 
@@ -231,7 +304,12 @@ def main(argv: list[str] | None = None) -> None:
         "(default: $LUNGCAM_MODEL, else the bundled model)",
     )
     parser.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", 7860)))
-    parser.add_argument("--host", default=os.environ.get("GRADIO_SERVER_NAME", "0.0.0.0"))
+    parser.add_argument(
+        "--host",
+        default=os.environ.get("GRADIO_SERVER_NAME") or DEFAULT_HOST,
+        help="address to listen on (default: $GRADIO_SERVER_NAME, else 127.0.0.1; on any "
+        "other address reviews and exports stay off unless $LUNGCAM_AUTH turns on a login)",
+    )
     parser.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     parser.add_argument(
         "--max-batch-size", type=int, default=8, help="concurrent requests per forward (1: off)"
@@ -249,7 +327,10 @@ def main(argv: list[str] | None = None) -> None:
         store = ReviewStore.open(data_dir())
     except (OSError, ValueError, SQLAlchemyError) as err:
         parser.exit(2, f"error: {err}\n")
-    demo = build_demo(predictor, args.max_batch_size, store)
+    reviews_off = reviews_off_reason(args.host, auth)
+    if reviews_off:
+        print(f"warning: {reviews_off}", flush=True)
+    demo = build_demo(predictor, args.max_batch_size, store, reviews_off)
     demo.queue(default_concurrency_limit=2).launch(
         server_name=args.host,
         server_port=args.port,

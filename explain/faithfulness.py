@@ -83,7 +83,11 @@ def road_score(
 
 
 def road_meaning(score: float, what: str) -> str:
-    """One line that says what ``score`` means for the probability of ``what``."""
+    """One number, ``score``, and one sentence on what it means for the probability of ``what``.
+
+    ``score`` is (LeRF − MoRF) / 2: half of how much higher P(``what``) stays when the pixels
+    the map ranks lowest are removed than when those it ranks highest are removed.
+    """
     if score > 0.01:
         verdict = "the map points at pixels the model relies on"
     elif score < -0.01:
@@ -91,7 +95,7 @@ def road_meaning(score: float, what: str) -> str:
     else:
         verdict = "no better than a random map"
     return (
-        f"ROAD {score:+.3f}: P({what}) is {2 * score:+.3f} higher after removing the pixels "
-        f"this map ranks lowest than after removing those it ranks highest (mean over 20–80% "
-        f"removed) → {verdict}."
+        f"ROAD {score:+.3f} → {verdict}. Above 0: removing the pixels this map ranks highest "
+        f"lowers P({what}) more than removing those it ranks lowest (half the gap, averaged "
+        "over 20–80 % removed); about 0: a random map would do as well; below 0: it misleads."
     )

@@ -32,6 +32,24 @@ def colorize(heatmap: np.ndarray, colormap: str = DEFAULT_COLORMAP) -> np.ndarra
     return cv2.cvtColor(cv2.applyColorMap(scaled, COLORMAPS[colormap]), cv2.COLOR_BGR2RGB)
 
 
+def colorbar(
+    colormap: str = DEFAULT_COLORMAP, length: int = 256, thickness: int = 16
+) -> np.ndarray:
+    """A horizontal colour bar, low (left, 0) to high (right, 1): RGB (thickness, length, 3).
+
+    The scale every overlay needs beside it: the heatmap is min-max scaled per image, so its
+    colours mean "relatively low" to "relatively high" for this image and class.
+    """
+    ramp = np.linspace(0.0, 1.0, length, dtype=np.float32)[None, :].repeat(thickness, axis=0)
+    return colorize(ramp, colormap)
+
+
+def colorbar_stops(colormap: str = DEFAULT_COLORMAP, stops: int = 9) -> list[str]:
+    """``stops`` evenly spaced colours of ``colormap`` from low to high, as ``#rrggbb``."""
+    row = colorbar(colormap, stops, 1)[0]
+    return [f"#{r:02x}{g:02x}{b:02x}" for r, g, b in row]
+
+
 def overlay(
     gray: np.ndarray,
     heatmap: np.ndarray,

@@ -42,6 +42,8 @@ DEFAULT_QUANTILE = 0.99
 NO_LUNGS_SCORE = 0.0
 NO_LUNGS_CANDIDATES = (float("inf"), 0.75, 0.5, 0.25, 0.0)  # inf: the lungs are not used
 NO_LUNGS_REASON = "no lung fields were found on it"
+NOT_A_CHEST_XRAY = "Not a chest X-ray?"  # the headline instead of a class when the guard warns
+NOT_FRONTAL = "Not a frontal chest X-ray?"  # … when the DICOM header says lateral
 
 
 @dataclass
@@ -178,6 +180,26 @@ def describe(check: OODCheck) -> str:
         + "; ".join(check.reasons)
         + ". The classifier was trained on chest X-rays only: read its output with care."
     )
+
+
+def input_warnings(image: LoadedImage, check: OODCheck | None) -> list[str]:
+    """Every reason to distrust the class scores of ``image``: the guard's verdict (one
+    sentence) and the loader's notes (e.g. a lateral DICOM view). Empty: nothing to warn."""
+    warned = [describe(check)] if check is not None and check.warn else []
+    return warned + list(image.notes)
+
+
+def headline(image: LoadedImage, check: OODCheck | None) -> str | None:
+    """What to headline instead of a class name, or None when the class may be headlined.
+
+    The guard's warning gives ``NOT_A_CHEST_XRAY``; a loader note alone (a lateral view,
+    a multi-frame file) gives ``NOT_FRONTAL`` when it is about the view, else nothing.
+    """
+    if check is not None and check.warn:
+        return NOT_A_CHEST_XRAY
+    if any("lateral" in note for note in image.notes):
+        return NOT_FRONTAL
+    return None
 
 
 def _rounded(values: np.ndarray) -> list:

@@ -6,11 +6,15 @@ INPUTS are files (any format ``load_image`` reads: PNG, JPEG, DICOM …), folder
 recursively for every suffix in ``imaging.image.SUPPORTED_SUFFIXES``) and glob patterns
 (quoted, e.g. ``'scans/*.dcm'``).
 Writes ``DIR/predictions.csv`` (one row per input, in input order; unreadable files get
-``status=error`` and the reason; ``prediction_set`` is the conformal set, classes joined by
-``|``, empty for a model without one; ``lungs_found`` yes/no and ``lung_share_<class>``, the
-share of each class's heatmap on the lung fields, empty when none were found —
-``model.lung_share``) and ``DIR/overlays/<name>.png`` (the top class's heatmap at the image's
-own resolution). Exit status: 0 when every input was predicted, 1 when some failed.
+``status=error`` and the reason; ``warning`` is non-empty when the image may not be a frontal
+chest X-ray — the guard's verdict or a lateral DICOM view — and then ``top_label`` is no
+diagnosis; ``prediction_set`` is the conformal set, classes joined by ``|``, empty for a model
+without one; ``lungs_found`` yes/no and ``lung_share_<class>``, the share of each class's
+heatmap on the lung fields, empty when none were found — ``model.lung_share``) and
+``DIR/overlays/<name>.png`` (the top class's heatmap at the image's own resolution).
+
+Exit status: 0 when every input was predicted (warnings included), 1 when some input could
+not be read (the others are still written), 2 for bad arguments (no inputs found, bad flags).
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from imaging.image import SUPPORTED_SUFFIXES
 from imaging.load import decoded_batches
 from imaging.overlay import COLORMAPS, DEFAULT_COLORMAP, DEFAULT_OPACITY, overlay
 from model import lung_share
+from model.ood import headline, input_warnings
 from model.predictor import Prediction, Predictor
 
 CSV_NAME = "predictions.csv"
@@ -109,29 +114,30 @@ def predict_files(
 
 
 def write_csv(rows: Sequence[Row], labels: Sequence[str], target: Path) -> None:
-    """One line per input: path, status, top label, conformal set (``|``-joined), each class's
-    calibrated probability, then whether lung fields were found and each class's heatmap share
-    on them."""
+    """One line per input: path, status, warning, top label, conformal set (``|``-joined),
+    each class's calibrated probability, then whether lung fields were found and each class's
+    heatmap share on them."""
     lungs = lung_share.csv_header(list(labels))
     with target.open("w", newline="") as handle:
         writer = csv.writer(handle)
-        writer.writerow(
-            ["path", "status", "top_label", "prediction_set", *labels, "overlay", "error", *lungs]
-        )
+        header = ["path", "status", "warning", "top_label", "prediction_set", *labels]
+        writer.writerow([*header, "overlay", "error", *lungs])
         for row in rows:
             cells = lung_share.csv_cells(row.prediction, len(labels))
             if row.prediction is None:
-                writer.writerow(
-                    [row.path, "error", "", "", *[""] * len(labels), "", row.error, *cells]
-                )
+                empty = [""] * len(labels)
+                writer.writerow([row.path, "error", "", "", "", *empty, "", row.error, *cells])
                 continue
-            probabilities = [f"{p:.6f}" for p in row.prediction.probabilities]
-            shown = "|".join(row.prediction.prediction_set or [])
+            prediction = row.prediction
+            probabilities = [f"{p:.6f}" for p in prediction.probabilities]
+            warning = warning_cell(prediction)
+            shown = "|".join(prediction.prediction_set or [])
             writer.writerow(
                 [
                     row.path,
                     "ok",
-                    row.prediction.top_label,
+                    warning,
+                    prediction.top_label,
                     shown,
                     *probabilities,
                     row.overlay,
@@ -139,6 +145,17 @@ def write_csv(rows: Sequence[Row], labels: Sequence[str], target: Path) -> None:
                     *cells,
                 ]
             )
+
+
+def warning_cell(prediction: Prediction) -> str:
+    """The CSV's ``warning``: "" when the image looks like a frontal chest X-ray, else the
+    headline the screen shows instead of the class ("Not a chest X-ray?", "Not a frontal
+    chest X-ray?") and the reasons, so nobody reads ``top_label`` as a diagnosis."""
+    title = headline(prediction.image, prediction.ood)
+    reasons = input_warnings(prediction.image, prediction.ood)
+    if title is None and not reasons:
+        return ""
+    return " ".join([title or "Warning:", *reasons])
 
 
 def main(argv: list[str] | None = None) -> int:

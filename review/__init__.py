@@ -1,2 +1,3 @@
-"""Clinician reviews: the database (``review.store``), PDF/CSV exports (``review.report``) and
-the optional login (``review.auth``)."""
+"""Clinician reviews: the table (``review.schema``), drafts and their validation
+(``review.drafts``), the repository (``review.store``), PDF/CSV exports (``review.report``)
+and the optional login (``review.auth``)."""

@@ -6,10 +6,36 @@ reviewer, so nobody can file a review under someone else's name.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from pathlib import Path
 
 AUTH_ENV = "LUNGCAM_AUTH"
+DEFAULT_HOST = "127.0.0.1"  # loopback unless --host or $GRADIO_SERVER_NAME says otherwise
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` is reachable from this machine only (127.x, ::1, localhost)."""
+    if host.strip().lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip().strip("[]")).is_loopback
+    except ValueError:
+        return False  # a host name: assume others can reach it
+
+
+def reviews_off_reason(host: str, auth: list[tuple[str, str]] | None) -> str:
+    """Why reviews, History and exports must be off on ``host``, or "" when they may be on.
+
+    They hold reviewer names and notes: on an address others can reach (0.0.0.0, a LAN IP,
+    a Space) they need a login (``$LUNGCAM_AUTH``); on loopback they do not.
+    """
+    if auth or is_loopback(host):
+        return ""
+    return (
+        f"Reviews, History and exports are switched off: this server listens on {host} "
+        f"(reachable by others) without a login. Set {AUTH_ENV}=user:password to turn them on."
+    )
 
 
 def parse_auth(value: str | None = None) -> list[tuple[str, str]] | None:

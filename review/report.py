@@ -8,6 +8,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
+import re
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -16,8 +17,9 @@ import numpy as np
 from fpdf import FPDF
 from PIL import Image
 
+from imaging.overlay import DEFAULT_COLORMAP, colorbar
 from model.conformal import set_caption
-from review.store import ROW_COLUMNS, Review
+from review.schema import ROW_COLUMNS, Review
 
 # DejaVu ships with matplotlib (a runtime dependency), so Unicode notes render everywhere.
 FONT_DIR = Path(matplotlib.get_data_path()) / "fonts" / "ttf"
@@ -30,16 +32,23 @@ CSV_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 def write_case_report(
     path: str | Path,
     review: Review,
-    image: np.ndarray,
-    overlay: np.ndarray,
+    image: np.ndarray | None,
+    overlay: np.ndarray | None,
     disclaimer: str,
+    warning: str | None = None,
+    warnings: Iterable[str] = (),
+    colormap: str = DEFAULT_COLORMAP,
     lungs: Sequence[str] = (),
 ) -> Path:
-    """One-page PDF: the image, its heatmap overlay, the probabilities, the review, the model.
+    """One-page PDF: the image, its heatmap overlay with a colour bar, the probabilities, the
+    review, the model.
 
     ``image`` is (H, W) uint8 grayscale, ``overlay`` (H, W, 3) uint8 RGB (the class the
-    reviewer saw); ``disclaimer`` is Markdown (``**bold**`` is kept); ``lungs`` are plain lines
-    about the heatmaps' share on the lung fields (``model.lung_share.notes``).
+    reviewer saw, drawn with ``colormap``); either may be None (a past case reopened without
+    its image). ``warning`` (e.g. "Not a chest X-ray?") is headlined above the probabilities
+    instead of the class, with ``warnings`` (the reasons) under it. ``disclaimer`` is Markdown.
+    ``lungs`` are plain lines about the heatmaps' share on the lung fields
+    (``model.lung_share.notes``).
     """
     pdf = FPDF(format="A4", unit="mm")
     pdf.set_margins(MARGIN_MM, MARGIN_MM, MARGIN_MM)
@@ -63,10 +72,34 @@ def write_case_report(
         pdf.set_xy(x, top)
         pdf.set_font(FONT, "B", 9)
         pdf.cell(side, 5, caption)
+        if picture is None:
+            pdf.set_xy(x, top + 6)
+            pdf.set_font(FONT, "", 9)
+            pdf.multi_cell(side, 5, "not stored with this review")
+            continue
         pdf.image(_fit(picture), x=x, y=top + 6, w=side, h=side, keep_aspect_ratio=True)
-    pdf.set_xy(MARGIN_MM, top + side + 9)
+    if overlay is not None:  # the heatmap's scale, under the overlay
+        x = MARGIN_MM + side + 6
+        bar = Image.fromarray(colorbar(colormap, 256, 8))
+        pdf.image(bar, x=x + 10, y=top + side + 7.5, w=side - 20, h=2.5)
+        pdf.set_font(FONT, "", 7.5)
+        pdf.set_xy(x, top + side + 6.5)
+        pdf.cell(10, 4.5, "low")
+        pdf.set_xy(x + side - 10, top + side + 6.5)
+        pdf.cell(10, 4.5, "high", align="R")
+    pdf.set_xy(MARGIN_MM, top + side + 12)
 
-    _heading(pdf, "Calibrated probabilities")
+    if warning:
+        pdf.set_font(FONT, "B", 14)
+        pdf.set_text_color(170, 30, 30)
+        pdf.cell(width, 8, warning, new_x="LMARGIN", new_y="NEXT")
+        pdf.set_font(FONT, "", 8.5)
+        for reason in warnings:
+            pdf.multi_cell(width, 4.5, reason, new_x="LMARGIN", new_y="NEXT")
+        pdf.set_text_color(0, 0, 0)
+        _heading(pdf, "Calibrated probabilities (shown anyway; read them with care)")
+    else:
+        _heading(pdf, "Calibrated probabilities")
     bar_width = width - 70
     for label, probability in review.probabilities.items():
         pdf.set_font(FONT, "B" if label == review.predicted_class else "", 9)
@@ -87,8 +120,8 @@ def write_case_report(
         ("Reviewer", review.reviewer),
         ("Time (UTC)", row["created_at_utc"]),
         ("Verdict", f"{verdict} (model: {review.predicted_class})"),
-        ("Heatmap usefulness", f"{review.heatmap_usefulness} / 5"),
-        ("Heatmap looks at the wrong place", "yes" if review.heatmap_wrong_place else "no"),
+        ("Heatmap usefulness", _rating(review.heatmap_usefulness)),
+        ("Heatmap in the wrong place", "yes" if review.heatmap_wrong_place else "no"),
         ("Note", review.note or "-"),
     ]
     _facts(pdf, facts, width)
@@ -159,15 +192,32 @@ def _fit(picture: np.ndarray, longest: int = 1024) -> Image.Image:
     return image
 
 
+def _rating(score: int | None) -> str:
+    return "not rated" if score is None else f"{score} / 5"
+
+
 def _heading(pdf: FPDF, text: str) -> None:
     pdf.ln(2)
     pdf.set_font(FONT, "B", 11)
     pdf.cell(0, 7, text, new_x="LMARGIN", new_y="NEXT")
 
 
+KEY_WIDTH_MM = 55
+
+
 def _facts(pdf: FPDF, facts: list[tuple[str, str]], width: float) -> None:
+    # Keys get their own column, never overlapped by the value; a 64-hex-digit hash is set
+    # in a smaller font so it stays on one line (a wrapped hash cannot be copied or compared).
     for key, value in facts:
         pdf.set_font(FONT, "B", 9)
-        pdf.cell(62, 5, key)
-        pdf.set_font(FONT, "", 9)
-        pdf.multi_cell(width - 62, 5, str(value), new_x="LMARGIN", new_y="NEXT")
+        if pdf.get_string_width(key) > KEY_WIDTH_MM - 2:
+            raise ValueError(f"PDF label {key!r} is wider than its {KEY_WIDTH_MM} mm column")
+        pdf.cell(KEY_WIDTH_MM, 5, key)
+        text = str(value)
+        size = 9.0
+        pdf.set_font(FONT, "", size)
+        if re.fullmatch(r"[0-9a-f]{16,64}", text):
+            while size > 5 and pdf.get_string_width(text) > width - KEY_WIDTH_MM - 1:
+                size -= 0.5
+                pdf.set_font(FONT, "", size)
+        pdf.multi_cell(width - KEY_WIDTH_MM, 5, text, new_x="LMARGIN", new_y="NEXT")

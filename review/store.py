@@ -1,9 +1,9 @@
 """Clinician reviews in a real database: SQLite by default, PostgreSQL via ``DATABASE_URL``.
 
-The schema is versioned with Alembic (``review/migrations``); ``ReviewStore.open`` upgrades it
-to the newest revision before the first query. Every ``add`` is committed before it returns,
-and a client-chosen ``review_id`` makes retries idempotent: sending the same review twice
-stores it once.
+The repository over ``review.schema`` (the table) and ``review.drafts`` (what is sent and its
+validation). ``ReviewStore.open`` upgrades the schema to the newest Alembic revision before the
+first query. Every ``add`` is committed before it returns, and a client-chosen ``review_id``
+makes retries idempotent: sending the same review twice stores it once.
 
     store = ReviewStore.open("data")  # $DATABASE_URL, else data/reviews.sqlite
     saved, created = store.add(draft)
@@ -12,272 +12,58 @@ stores it once.
 
 from __future__ import annotations
 
-import hashlib
-import math
 import os
-import re
 import uuid
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 from alembic import command
 from alembic.config import Config
 from PIL import Image
-from sqlalchemy import (
-    JSON,
-    Boolean,
-    DateTime,
-    Engine,
-    Float,
-    Integer,
-    String,
-    Text,
-    UniqueConstraint,
-    create_engine,
-    event,
-)
+from sqlalchemy import Engine, create_engine, event
 from sqlalchemy import select as sql_select
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, sessionmaker
+from sqlalchemy.orm import sessionmaker
 
-if TYPE_CHECKING:
-    from model.config import ModelConfig
-    from model.predictor import Prediction
+from review.drafts import (
+    AGREEMENTS,
+    MAX_NOTE,
+    REVIEW_ID,
+    USEFULNESS,
+    ReviewDraft,
+    ReviewError,
+    draft_from_prediction,
+    new_review_id,
+    pixels_sha256,
+)
+from review.schema import MAX_REVIEWER, ROW_COLUMNS, Base, Review
+
+__all__ = [
+    "AGREEMENTS",
+    "DATABASE_URL_ENV",
+    "MAX_NOTE",
+    "MAX_REVIEWER",
+    "MIGRATIONS",
+    "REVIEW_ID",
+    "ROW_COLUMNS",
+    "USEFULNESS",
+    "Base",
+    "Review",
+    "ReviewDraft",
+    "ReviewError",
+    "ReviewStore",
+    "alembic_config",
+    "draft_from_prediction",
+    "new_review_id",
+    "pixels_sha256",
+    "resolve_database_url",
+]
 
 DATABASE_URL_ENV = "DATABASE_URL"
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
-AGREEMENTS = ("agree", "disagree")
-USEFULNESS = range(1, 6)
-REVIEW_ID = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
-MAX_NOTE = 5000
-MAX_REVIEWER = 200
-
-
-class ReviewError(ValueError):
-    """A review that cannot be saved as sent; the message says what to change."""
-
-
-class Base(DeclarativeBase):
-    pass
-
-
-class Review(Base):
-    """One clinician's verdict on one prediction (see docs/REVIEW.md for every column)."""
-
-    __tablename__ = "reviews"
-    __table_args__ = (UniqueConstraint("review_id", name="uq_reviews_review_id"),)
-
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    review_id: Mapped[str] = mapped_column(String(64))
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
-    reviewer: Mapped[str] = mapped_column(String(MAX_REVIEWER), index=True)
-    image_sha256: Mapped[str] = mapped_column(String(64), index=True)
-    image_path: Mapped[str | None] = mapped_column(String(255))
-    probabilities: Mapped[dict[str, float]] = mapped_column(JSON)
-    predicted_class: Mapped[str] = mapped_column(String(100), index=True)
-    shown_class: Mapped[str] = mapped_column(String(100))
-    cam_method: Mapped[str] = mapped_column(String(50))
-    model_name: Mapped[str] = mapped_column(String(100))
-    model_version: Mapped[str] = mapped_column(String(100))
-    checkpoint_sha256: Mapped[str] = mapped_column(String(64))
-    agrees: Mapped[bool] = mapped_column(Boolean, index=True)
-    correct_class: Mapped[str | None] = mapped_column(String(100))
-    heatmap_usefulness: Mapped[int] = mapped_column(Integer)
-    heatmap_wrong_place: Mapped[bool] = mapped_column(Boolean)
-    note: Mapped[str] = mapped_column(Text)
-    # The conformal set shown (class names; NULL: unknown, e.g. saved before sets existed).
-    prediction_set: Mapped[list[str] | None] = mapped_column(JSON, nullable=True)
-    set_alpha: Mapped[float | None] = mapped_column(Float, nullable=True)
-
-    def as_row(self) -> dict[str, Any]:
-        """The review as one flat row (History table and CSV export share ``ROW_COLUMNS``)."""
-        values = (
-            self.id,
-            self.review_id,
-            _as_utc(self.created_at).isoformat(timespec="seconds"),
-            self.reviewer,
-            self.predicted_class,
-            "agree" if self.agrees else "disagree",
-            self.correct_class or "",
-            self.shown_class,
-            self.heatmap_usefulness,
-            self.heatmap_wrong_place,
-            self.note,
-            ", ".join(f"{k}: {v:.4f}" for k, v in self.probabilities.items()),
-            self.cam_method,
-            f"{self.model_name} {self.model_version}",
-            self.checkpoint_sha256,
-            self.image_sha256,
-            self.image_path is not None,
-            "" if self.prediction_set is None else "|".join(self.prediction_set),
-        )
-        return dict(zip(ROW_COLUMNS, values, strict=True))
-
-
-ROW_COLUMNS: tuple[str, ...] = (
-    "id",
-    "review_id",
-    "created_at_utc",
-    "reviewer",
-    "predicted_class",
-    "agreement",
-    "correct_class",
-    "shown_class",
-    "heatmap_usefulness",
-    "heatmap_wrong_place",
-    "note",
-    "probabilities",
-    "cam_method",
-    "model",
-    "checkpoint_sha256",
-    "image_sha256",
-    "image_stored",
-    "prediction_set",
-)
-
-
-@dataclass(frozen=True)
-class ReviewDraft:
-    """A review as sent by the screen or the API, before it has an id and a time."""
-
-    review_id: str
-    reviewer: str
-    image_sha256: str
-    probabilities: Mapping[str, float]
-    shown_class: str
-    cam_method: str
-    model_name: str
-    model_version: str
-    checkpoint_sha256: str
-    agreement: str
-    correct_class: str | None
-    heatmap_usefulness: int
-    heatmap_wrong_place: bool
-    note: str
-    prediction_set: Sequence[str] | None = None  # the conformal set shown (None: no sets)
-    set_alpha: float | None = None
-
-    @property
-    def predicted_class(self) -> str:
-        return max(self.probabilities, key=self.probabilities.__getitem__)
-
-    def validate(self) -> None:
-        """Raise ``ReviewError`` naming the first field that is wrong."""
-        labels = list(self.probabilities)
-        if not REVIEW_ID.fullmatch(self.review_id):
-            raise ReviewError(
-                f"review_id {self.review_id!r} must be 1-64 letters, digits or _.:- "
-                "(leave it empty to get a fresh one)"
-            )
-        if not self.reviewer.strip():
-            raise ReviewError("a reviewer name is required (or log in when auth is on)")
-        if len(self.reviewer) > MAX_REVIEWER:
-            raise ReviewError(
-                f"reviewer name is {len(self.reviewer)} characters; max {MAX_REVIEWER}"
-            )
-        if not re.fullmatch(r"[0-9a-f]{64}", self.image_sha256):
-            raise ReviewError(
-                f"image_sha256 must be 64 lowercase hex digits; got {self.image_sha256!r}"
-            )
-        values = list(self.probabilities.values())
-        if not labels or not all(math.isfinite(p) and 0.0 <= p <= 1.0 for p in values):
-            raise ReviewError(f"probabilities must be finite values in [0, 1]; got {values}")
-        if abs(sum(values) - 1.0) > 1e-3:
-            raise ReviewError(f"probabilities must sum to 1; they sum to {sum(values):.4f}")
-        if self.shown_class not in labels:
-            raise ReviewError(f"shown class {self.shown_class!r} is not one of {labels}")
-        if self.agreement not in AGREEMENTS:
-            raise ReviewError(f"agreement must be one of {AGREEMENTS}; got {self.agreement!r}")
-        if self.agreement == "disagree":
-            if not self.correct_class:
-                raise ReviewError("disagree requires the correct class")
-            if self.correct_class not in labels:
-                raise ReviewError(f"correct class {self.correct_class!r} is not one of {labels}")
-            if self.correct_class == self.predicted_class:
-                raise ReviewError(
-                    f"disagree, but the correct class given is the predicted one "
-                    f"({self.predicted_class}); choose 'agree' or another class"
-                )
-        if self.heatmap_usefulness not in USEFULNESS:
-            raise ReviewError(f"heatmap usefulness must be 1-5; got {self.heatmap_usefulness!r}")
-        if len(self.note) > MAX_NOTE:
-            raise ReviewError(f"note is {len(self.note)} characters; max {MAX_NOTE}")
-        if self.prediction_set is not None and (
-            not self.prediction_set
-            or not set(self.prediction_set) <= set(labels)
-            or len(set(self.prediction_set)) != len(self.prediction_set)
-        ):
-            raise ReviewError(
-                f"prediction set must be distinct classes of {labels}; got {self.prediction_set}"
-            )
-
-
-def draft_from_prediction(
-    prediction: Prediction,
-    config: ModelConfig,
-    *,
-    shown_class: str | None,
-    agreement: str,
-    correct_class: str | None,
-    heatmap_usefulness: float,
-    heatmap_wrong_place: bool,
-    note: str | None,
-    reviewer: str,
-    review_id: str | None = None,
-    cam_method: str = "Grad-CAM",
-) -> ReviewDraft:
-    """A draft with the model's side filled in from ``prediction`` and the checkpoint config.
-
-    An empty ``shown_class`` means the top class (what the screen shows first); an empty
-    ``review_id`` gets a fresh one.
-    """
-    return ReviewDraft(
-        review_id=(review_id or "").strip() or new_review_id(),
-        reviewer=reviewer,
-        image_sha256=pixels_sha256(prediction.image.pixels),
-        probabilities=prediction.confidences(),
-        shown_class=shown_class or prediction.top_label,
-        cam_method=cam_method,
-        model_name=config.architecture,
-        model_version=config.version,
-        checkpoint_sha256=config.weights_sha256,
-        agreement=agreement,
-        correct_class=correct_class or None,
-        heatmap_usefulness=_as_score(heatmap_usefulness),
-        heatmap_wrong_place=bool(heatmap_wrong_place),
-        note=note or "",
-        prediction_set=prediction.prediction_set,
-        set_alpha=prediction.set_alpha,
-    )
-
-
-def _as_score(value: float) -> int:
-    # Sliders send floats; 3.0 is a valid score, 3.5 is not.
-    if value is None or float(value) != int(value):
-        raise ReviewError(f"heatmap usefulness must be a whole number 1-5; got {value!r}")
-    return int(value)
-
-
-def new_review_id() -> str:
-    """A fresh idempotency key (what the screen uses when the sender gives none)."""
-    return uuid.uuid4().hex
-
-
-def pixels_sha256(pixels: np.ndarray) -> str:
-    """sha256 of decoded 8-bit grayscale pixels: ``b"<height>x<width>:"`` + row-major bytes.
-
-    Hashing pixels, not the uploaded file, gives the same hash for the stored PNG copy and
-    never hashes DICOM header fields.
-    """
-    pixels = np.ascontiguousarray(pixels, dtype=np.uint8)
-    if pixels.ndim != 2:
-        raise ValueError(f"expected (H, W) grayscale pixels; got shape {pixels.shape}")
-    header = f"{pixels.shape[0]}x{pixels.shape[1]}:".encode()
-    return hashlib.sha256(header + pixels.tobytes()).hexdigest()
 
 
 def resolve_database_url(data_dir: str | Path, url: str | None = None) -> str:
@@ -366,7 +152,7 @@ class ReviewStore:
             checkpoint_sha256=draft.checkpoint_sha256,
             agrees=draft.agreement == "agree",
             correct_class=draft.correct_class if draft.agreement == "disagree" else None,
-            heatmap_usefulness=int(draft.heatmap_usefulness),
+            heatmap_usefulness=draft.heatmap_usefulness,
             heatmap_wrong_place=bool(draft.heatmap_wrong_place),
             note=draft.note,
             prediction_set=None if draft.prediction_set is None else list(draft.prediction_set),
@@ -425,8 +211,3 @@ class ReviewStore:
                 os.fsync(handle.fileno())
             partial.replace(target)
         return relative.as_posix()
-
-
-def _as_utc(moment: datetime) -> datetime:
-    # SQLite hands back naive datetimes; everything we store is UTC.
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)

@@ -172,3 +172,24 @@ def test_csv_has_lung_columns_on_good_bad_and_lungless_files(inputs, tiny_checkp
     assert bad["status"] == "error" and bad["lungs_found"] == ""
     for row in (lungless, bad):
         assert all(row[f"lung_share_{name}"] == "" for name in labels)
+
+
+def test_csv_warns_for_a_colour_photo_and_a_lateral_dicom_but_not_a_film(tiny_checkpoint, tmp_path):
+    from tests.bad_inputs import make_dicom, ramp
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    film = folder / "film.png"
+    Image.open(lung5_images("test")[0]).convert("L").save(film)
+    photo = np.zeros((96, 96, 3), np.uint8)
+    photo[..., 0] = 250  # saturated red: the guard's colour check warns
+    Image.fromarray(photo).save(folder / "photo.png")
+    (folder / "side.dcm").write_bytes(make_dicom(ramp(256, 200), ViewPosition="LL"))
+    out = tmp_path / "out"
+    main([str(folder), "--out", str(out), "--model", str(tiny_checkpoint), "--no-progress"])
+    rows = {Path(row["path"]).name: row for row in read_rows(out)}
+    assert rows["film.png"]["warning"] == ""
+    assert rows["photo.png"]["warning"].startswith("Not a chest X-ray?")
+    assert "colour" in rows["photo.png"]["warning"]
+    assert rows["side.dcm"]["warning"].startswith("Not a frontal chest X-ray?")
+    assert "lateral" in rows["side.dcm"]["warning"]

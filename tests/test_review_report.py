@@ -101,7 +101,9 @@ def test_pdf_first_page_shows_images_probabilities_review_and_disclaimer(
         "densenet201",
         "lung5-v1",
         review.review_id,
-        review.image_sha256[:32],
+        review.image_sha256,  # whole, on one line: a wrapped hash cannot be compared
+        "low",
+        "high",  # the heatmap's colour bar
     ):
         assert needed in text, f"{needed!r} missing from the PDF text"
     verdict = "disagrees: Normal" if changes.get("agreement") == "disagree" else "agrees"
@@ -168,3 +170,26 @@ def test_pdf_states_the_heatmaps_share_on_the_lungs(store, tmp_path, found):
         assert "Warning: Only" in text and "markers, borders, devices" in text
     else:
         assert "lung fields not found" in text and "Warning" not in text
+
+
+def test_pdf_headlines_the_warning_and_labels_never_touch_values(store, tmp_path):
+    pdftotext = _poppler("pdftotext")
+    pixels = _case(None)
+    drawn = overlay(pixels, _heatmap(pixels), 0.5, "jet")
+    review, _ = store.add(make_draft(image_sha256=pixels_sha256(pixels), heatmap_usefulness=None))
+    reasons = ["This may not be a frontal chest X-ray — the upload is in colour."]
+    pdf = write_case_report(
+        tmp_path / "w.pdf", review, pixels, drawn, DISCLAIMER, "Not a chest X-ray?", reasons
+    )
+    text = subprocess.run(
+        [pdftotext, "-layout", str(pdf), "-"], check=True, capture_output=True, text=True
+    ).stdout
+    assert "Not a chest X-ray?" in text and "upload is in colour" in text
+    assert text.index("Not a chest X-ray?") < text.index("Calibrated probabilities")
+    assert "not rated" in text
+    for line in text.splitlines():  # a label and its value stay at least two spaces apart
+        for label in ("Heatmap in the wrong place", "Checkpoint sha256", "Image sha256"):
+            if label in line:
+                assert line.split(label, 1)[1].startswith("  "), line
+    reopened = write_case_report(tmp_path / "r.pdf", review, None, None, DISCLAIMER)
+    assert reopened.read_bytes().startswith(b"%PDF")

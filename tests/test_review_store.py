@@ -363,3 +363,13 @@ def test_pixel_hash_depends_on_shape_not_only_bytes():
     assert pixels_sha256(flat) == pixels_sha256(flat.copy())
     with pytest.raises(ValueError, match=r"\(H, W\) grayscale"):
         pixels_sha256(np.zeros((4, 6, 3), np.uint8))
+
+
+def test_every_missing_field_is_named_at_once_and_no_rating_is_allowed(store):
+    draft = make_draft(agreement=None, reviewer=" ", heatmap_usefulness=None)
+    with pytest.raises(ReviewError) as raised:
+        store.add(draft)
+    assert "choose agree/disagree" in str(raised.value)
+    assert "give a reviewer name" in str(raised.value)
+    saved, _ = store.add(make_draft(heatmap_usefulness=None))
+    assert saved.heatmap_usefulness is None and saved.as_row()["heatmap_usefulness"] == ""

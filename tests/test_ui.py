@@ -52,8 +52,9 @@ def test_upload_then_analyze_decodes_and_predicts_once(counted):
     predict, calls = counted
     handlers = AnalyzeHandlers(predict)
     path = str(lung5_images()[0])
-    confidences, drawn, _, notes, case = handlers.analyze(path, 0.45, "jet")
+    confidences, drawn, shown, notes, case = handlers.analyze(path, 0.45, "jet")
     again = handlers.analyze(path, 0.45, "jet", case)
+    assert shown == case.prediction.top_label  # a plain string, not a Gradio update dict
     assert calls == {"predict": 1, "decode": 1}
     assert again[0] == confidences and np.array_equal(again[1], drawn)
     assert again[4] is case and case.of(path)
@@ -100,7 +101,7 @@ def test_saving_a_review_reuses_the_analysed_case(counted, predictor, store):
     assert prediction is case.prediction and saved.reviewer == "dr-a" and "Saved" in status
     history = HistoryHandlers(store)
     assert len(history.history("All", "All", "")) == 1
-    assert history.history("All", "disagree", "") == []
+    assert history.history("All", "disagree", "").empty
     assert Path(history.export_csv("All", "All", "dr-a")).is_file()
 
 
@@ -136,3 +137,137 @@ def predictor_image(index: int):
     from imaging.load import load_image
 
     return load_image(lung5_images()[index])
+
+
+def colour_upload(tmp_path: Path) -> str:
+    """A colour photo-like image: the guard warns on colour without fitted statistics."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    pixels = rng.integers(0, 255, (96, 96, 3), dtype=np.uint8)
+    pixels[..., 0] = 250  # strongly red: saturated
+    path = tmp_path / "photo.png"
+    Image.fromarray(pixels).save(path)
+    return str(path)
+
+
+def test_a_non_chest_image_headlines_the_warning_not_a_class(counted, tmp_path):
+    from gradio.components.label import LabelData
+
+    from ui.common import HeadlineLabel
+
+    handlers = AnalyzeHandlers(counted[0])
+    label, _, _, notes, case = handlers.analyze(colour_upload(tmp_path), 0.45, "jet")
+    assert case.prediction.ood.warn
+    assert isinstance(label, LabelData) and label.label == "Not a chest X-ray?"
+    assert label.label not in case.prediction.label_names
+    assert label.confidences is None  # the class bars are folded away
+    shown = AnalyzeHandlers.relabel(case, True)
+    assert shown.label == "Not a chest X-ray?" and len(shown.confidences) == 5
+    posted = HeadlineLabel(num_top_classes=5).postprocess(label)
+    assert posted.label == "Not a chest X-ray?"
+    assert "⚠️" in notes
+    chest = handlers.analyze(str(lung5_images()[0]), 0.45, "jet")[0]
+    assert isinstance(chest, dict) and set(chest) == set(case.prediction.label_names)
+
+
+def test_each_analysis_starts_a_new_case_with_an_empty_form(counted, predictor, store):
+    predict, _ = counted
+    handlers = AnalyzeHandlers(predict)
+    first = handlers.analyze(str(lung5_images()[0]), 0.45, "jet")[4]
+    again = handlers.analyze(str(lung5_images()[0]), 0.45, "jet", first)[4]
+    second = handlers.analyze(str(lung5_images()[1]), 0.45, "jet", first)[4]
+    assert again.review_id == first.review_id != second.review_id
+    form = ReviewHandlers.new_case(second, first.review_id)
+    agreement, correct, usefulness, wrong, note, keep, review_id, status, pdf, last, owner = form
+    assert (agreement, correct, usefulness, wrong) == (None, None, None, False)
+    assert (note, keep) == ("", False)
+    assert review_id == owner == second.review_id and status == "" and pdf is None and last is None
+    unchanged = ReviewHandlers.new_case(again, first.review_id)  # Analyze pressed again
+    assert all(value == gr.skip() for value in unchanged)
+
+
+def test_saving_twice_stores_one_review_and_no_rating_until_given(counted, predictor, store):
+    predict, _ = counted
+    path = str(lung5_images()[2])
+    case = AnalyzeHandlers(predict).analyze(path, 0.45, "jet")[4]
+    reviews = ReviewHandlers(predict, predictor.config, store)
+    top = case.prediction.top_label
+    args = (path, top, "agree", None, None, False, "ok", "dr-a", False, "", case, None)
+    first, (saved, _) = reviews.save_review(*args)
+    second, _ = reviews.save_review(*args)
+    assert first.startswith("Saved") and second.startswith("Already saved")
+    assert saved.review_id == case.review_id
+    assert len(store.list()) == 1
+    assert store.list()[0].heatmap_usefulness is None  # not rated: nothing stored as if chosen
+
+
+def test_validation_names_every_missing_field_at_once(counted, predictor, store):
+    predict, _ = counted
+    path = str(lung5_images()[2])
+    case = AnalyzeHandlers(predict).analyze(path, 0.45, "jet")[4]
+    reviews = ReviewHandlers(predict, predictor.config, store)
+    with pytest.raises(gr.Error) as raised:
+        reviews.save_review(path, None, None, None, None, False, "", "", False, "", case, None)
+    message = str(raised.value)
+    assert "choose agree/disagree" in message and "give a reviewer name" in message
+
+
+def test_explain_defaults_follow_the_prediction(predictor):
+    case = Case("x.png", predictor.predict(predictor_image(0)))
+    probabilities = case.prediction.confidences()
+    ranked = sorted(probabilities, key=lambda k: -probabilities[k])
+    assert ExplainHandlers.defaults(case) == (ranked[0], ranked[0], ranked[1])
+
+
+def test_score_cam_requests_go_to_their_own_queue_only(predictor, tmp_path):
+    handlers = ExplainHandlers(predictor, tmp_path)
+    case = Case("x.png", predictor.predict(predictor_image(0)))
+    layer = "features.denseblock1"  # 256 channels: the quickest Score-CAM
+    look = (0.45, "jet", False)
+    assert handlers.explain_one(case, "Score-CAM", "Normal", layer, *look) == (
+        gr.skip(),
+        gr.skip(),
+    )
+    assert handlers.explain_one(case, "Grad-CAM", "Normal", layer, *look, slow=True) == (
+        gr.skip(),
+        gr.skip(),
+    )
+    drawn, _ = handlers.explain_one(case, "Score-CAM", "Normal", layer, *look, slow=True)
+    assert drawn.shape[:2] == case.prediction.image.pixels.shape
+    assert layer in handlers.score_cam_runs  # the next estimate is this run's time
+    assert "last run" in handlers.method_hint("Score-CAM", layer)
+
+
+def test_history_has_readable_titles_fewer_columns_and_reopens_a_case(
+    counted, predictor, store
+):
+    from ui.history import SHORT_COLUMNS, TITLES
+
+    predict, _ = counted
+    path = str(lung5_images()[2])
+    case = AnalyzeHandlers(predict).analyze(path, 0.45, "jet")[4]
+    reviews = ReviewHandlers(predict, predictor.config, store)
+    top = case.prediction.top_label
+    reviews.save_review(path, top, "agree", None, 4, False, "n", "dr-a", True, "", case, None)
+    history = HistoryHandlers(store)
+    short = history.history("All", "All", "")
+    assert list(short.columns) == [TITLES[c] for c in SHORT_COLUMNS] and len(short) == 1
+    assert "Time (UTC)" in short.columns and "created_at_utc" not in short.columns
+    assert len(history.history("All", "All", "", True).columns) == 17
+    pdf, image = history.reopen(case.review_id)
+    assert Path(pdf).read_bytes().startswith(b"%PDF") and Path(image).is_file()
+    with pytest.raises(gr.Error, match="No review"):
+        history.reopen("nope")
+
+
+def test_reviews_and_exports_refuse_when_switched_off(counted, predictor, store):
+    predict, _ = counted
+    reason = "Reviews, History and exports are switched off"
+    reviews = ReviewHandlers(predict, predictor.config, store, reason)
+    with pytest.raises(gr.Error, match="switched off"):
+        reviews.save_review(None, None, "agree", None, 3, False, "", "x", False, "", None, None)
+    history = HistoryHandlers(store, reason)
+    with pytest.raises(gr.Error, match="switched off"):
+        history.export_csv("All", "All", "")
+    assert history.history("All", "All", "").empty

@@ -14,7 +14,7 @@ from imaging.load import load_image
 from model import lung_share
 from model.conformal import describe_set
 from model.predictor import Prediction
-from ui.common import Case, describe_input, draw
+from ui.common import Case, describe_input, draw, label_value
 
 
 def analyze_upload(predict: Callable[[LoadedImage], Prediction], path: str | None) -> Case:
@@ -49,28 +49,54 @@ class AnalyzeHandlers:
         colormap: str,
         cached: Case | None = None,
         outline: bool = False,
-    ) -> tuple[dict[str, float], np.ndarray, Any, str, Case]:
-        """(confidences, overlay, shown-class update, notes, case) for the upload at ``path``.
+        show_anyway: bool = False,
+    ) -> tuple[Any, np.ndarray, str, str, Case]:
+        """(label, overlay, shown class, notes, case) for the upload at ``path``.
 
-        An upload runs this at once and the Analyze button runs it again: the second call
-        finds the case cached for the same path and neither decodes nor predicts. The notes
-        end with every class's on-lung share (``model.lung_share``); ``outline`` draws the
-        lung fields.
+        The label headlines the top class, or "Not a chest X-ray?" with the class bars folded
+        away (unless ``show_anyway``) when the guard warns. An upload runs this at once and
+        the Analyze button runs it again: the second call finds the case cached for the same
+        path and neither decodes nor predicts. The notes end with every class's on-lung share
+        (``model.lung_share``); ``outline`` draws the lung fields.
         """
         case = cached if cached is not None and cached.of(path) else None
         case = case or analyze_upload(self.predict, path)
         prediction = case.prediction
         top = prediction.top_label
         return (
-            prediction.confidences(),
+            label_value(prediction, show_anyway),
             draw(prediction, top, opacity, colormap, outline),
-            gr.update(value=top),
+            top,
             uncertainty(case)
             + "\n\n"
             + describe_input(prediction.image, prediction.ood)
             + "".join(f"\n\n{line}" for line in lung_share.notes(prediction)),
             case,
         )
+
+    @staticmethod
+    def relabel(case: Case | None, show_anyway: bool) -> Any:
+        """The label again, with the class bars shown or folded (no model call)."""
+        return None if case is None else label_value(case.prediction, show_anyway)
+
+    @staticmethod
+    def original(case: Case | None) -> np.ndarray | None:
+        """The upload as the model read it (grayscale), shown beside the overlay."""
+        return None if case is None else case.prediction.image.pixels
+
+    @staticmethod
+    def example_picker(paths: list[str]) -> Callable[[gr.SelectData], str]:
+        """A select handler: the path of the example thumbnail clicked (then analysed)."""
+
+        def picked(event: gr.SelectData) -> str:
+            return paths[event.index]
+
+        return picked
+
+    @staticmethod
+    def cleared() -> tuple[None, None, None, str, None]:
+        """What the Analyze outputs show after an error: nothing of the previous case."""
+        return None, None, None, "", None
 
     @staticmethod
     def redraw(

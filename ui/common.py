@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
+import gradio as gr
 import numpy as np
+from gradio.components.label import LabelConfidence, LabelData
 
 from imaging.image import LoadedImage
-from imaging.overlay import draw_box, draw_outline, overlay
-from model.ood import OODCheck, describe
+from imaging.overlay import colorbar_stops, draw_box, draw_outline, overlay
+from model.ood import OODCheck, headline, input_warnings
 from model.predictor import Prediction
+from review.drafts import new_review_id
 
 # Overlays are shown at the upload's own resolution; as PNG a 2048² overlay took ~740 ms to
 # encode against 12 ms as JPEG (docs/BENCHMARKS.md). Lossless PNGs: Explain tab downloads.
@@ -32,6 +36,7 @@ class Case:
 
     path: str | None
     prediction: Prediction
+    review_id: str = field(default_factory=new_review_id)  # one review per case
 
     def of(self, path: str | None) -> bool:
         """Whether this case is the analysis of the upload at ``path``."""
@@ -65,6 +70,49 @@ def describe_input(image: LoadedImage, ood: OODCheck | None = None) -> str:
     facts += [
         f"{key}: {value}" for key, value in image.metadata.items() if key not in ("format", "mode")
     ]
-    notes = [*image.notes, describe(ood)] if ood and ood.warn else image.notes
-    warnings = "".join(f"\n\n⚠️ {note}" for note in notes)
+    warnings = "".join(f"\n\n⚠️ {note}" for note in input_warnings(image, ood))
     return " · ".join(facts) + warnings
+
+
+def label_value(prediction: Prediction, show_anyway: bool = False) -> dict[str, float] | LabelData:
+    """What the confidence label shows: the classes, or a warning headline instead of a class.
+
+    When the guard warns (``model.ood.headline``) the headline is the warning and the class
+    bars are folded away unless ``show_anyway``; the headline stays the warning either way.
+    """
+    warning = headline(prediction.image, prediction.ood)
+    if warning is None:
+        return prediction.confidences()
+    ranked = sorted(prediction.confidences().items(), key=lambda item: -item[1])
+    bars = [LabelConfidence(label=k, confidence=v) for k, v in ranked] if show_anyway else None
+    return LabelData(label=warning, confidences=bars)
+
+
+class HeadlineLabel(gr.Label):
+    """``gr.Label`` whose headline may be a warning rather than the top class.
+
+    Gradio's Label always headlines the highest confidence; this one also takes a
+    ``LabelData`` (headline + optional bars) as is. The browser draws it as a Label.
+    """
+
+    def get_block_name(self) -> str:
+        return "label"
+
+    def postprocess(self, value: Any) -> Any:
+        return value if isinstance(value, LabelData) else super().postprocess(value)
+
+
+def legend(colormap: str) -> str:
+    """The heatmap's colour scale as HTML: a low → high bar in ``colormap``'s colours."""
+    gradient = ", ".join(colorbar_stops(colormap))
+    return (
+        '<div class="lungcam-legend" style="display:flex;align-items:center;gap:6px;'
+        'font-size:0.85em">'
+        "<span>low</span>"
+        f'<span role="img" aria-label="{colormap} colour scale, low to high" '
+        f'style="flex:1;height:12px;border-radius:3px;background:linear-gradient(to right, '
+        f'{gradient})"></span>'
+        "<span>high</span></div>"
+        '<div style="font-size:0.8em;opacity:0.75">Relative to this image and class '
+        "(each map is scaled to its own 0–1).</div>"
+    )

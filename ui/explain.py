@@ -6,6 +6,7 @@ bad choices into ``gr.Error``.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -25,12 +26,28 @@ from ui.common import Case
 TQDM = gr.Progress(track_tqdm=True)  # shows Score-CAM's own tqdm progress bar
 
 
+SLOW_METHOD = "Score-CAM"  # minutes on CPU: runs in its own queue, one at a time
+
+
+def is_slow(methods: str | list[str] | None) -> bool:
+    """Whether a request involves Score-CAM (and so belongs to the slow queue)."""
+    if isinstance(methods, str):
+        return methods == SLOW_METHOD
+    return SLOW_METHOD in (methods or [])
+
+
 class ExplainHandlers:
-    """The Explain tab's events on ``predictor``; PNG downloads go under ``exports``."""
+    """The Explain tab's events on ``predictor``; PNG downloads go under ``exports``.
+
+    Each action is wired twice, to a fast queue and to Score-CAM's own queue (limit 1); the
+    ``slow`` flag says which one a handler serves, and it skips (``gr.skip()``) requests that
+    belong to the other, so nobody's Grad-CAM waits behind someone's Score-CAM.
+    """
 
     def __init__(self, predictor: Predictor, exports: Path) -> None:
         self.predictor = predictor
         self.exports = exports
+        self.score_cam_runs: dict[str, float] = {}  # target layer → seconds of the last run
 
     def explained(self, view: Callable[..., Any], case: Case | None, *choices: Any) -> Any:
         """Any Explain-tab view of the cached case; bad choices become ``gr.Error``."""
@@ -41,27 +58,64 @@ class ExplainHandlers:
         except ValueError as err:
             raise gr.Error(str(err)) from err
 
+    def timed(self, slow: bool, layer: str, view: Callable[..., Any], *args: Any) -> Any:
+        """Run ``view``; a Score-CAM run's duration becomes the next estimate for ``layer``."""
+        start = time.perf_counter()
+        result = self.explained(view, *args)
+        if slow:
+            self.score_cam_runs[layer] = time.perf_counter() - start
+        return result
+
     def explain_one(
-        self, case, method, class_name, layer, opacity, colormap, contour, progress=TQDM
+        self, case, method, class_name, layer, opacity, colormap, contour, slow=False, progress=TQDM
     ):
         """One method's overlay and its PNG downloads."""
+        if is_slow(method) != slow:
+            return gr.skip(), gr.skip()
         look = (opacity, colormap, contour, self.exports / "heatmaps")
-        return self.explained(method_overlay, case, method, class_name, layer, *look)
+        return self.timed(slow, layer, method_overlay, case, method, class_name, layer, *look)
 
-    def compare(self, case, methods, class_name, layer, opacity, colormap, contour, progress=TQDM):
+    def compare(
+        self, case, methods, class_name, layer, opacity, colormap, contour, slow=False,
+        progress=TQDM,
+    ):  # fmt: skip
         """2–4 methods side by side for one class."""
+        if is_slow(methods) != slow:
+            return gr.skip()
         look = (opacity, colormap, contour)
-        return self.explained(side_by_side, case, methods, class_name, layer, *look)
+        return self.timed(slow, layer, side_by_side, case, methods, class_name, layer, *look)
 
     def contrasted(self, case, class_a, class_b, opacity, colormap, contour):
         """Where the image speaks for class A rather than class B."""
         look = (opacity, colormap, contour)
         return self.explained(contrast_overlay, case, class_a, class_b, *look)
 
-    def faithfulness(self, case, method, class_name, layer, progress=TQDM):
+    def faithfulness(self, case, method, class_name, layer, slow=False, progress=TQDM):
         """The ROAD score of the shown map, as one line."""
-        return self.explained(faithfulness_line, case, method, class_name, layer)
+        if is_slow(method) != slow:
+            return gr.skip()
+        return self.timed(slow, layer, faithfulness_line, case, method, class_name, layer)
+
+    @staticmethod
+    def defaults(case: Case | None) -> tuple[Any, Any, Any]:
+        """The Explain tab's choices for a newly analysed case: the predicted class, and the
+        image's two most probable classes for "why A rather than B"."""
+        if case is None:
+            return gr.skip(), gr.skip(), gr.skip()
+        probabilities = case.prediction.confidences()
+        first, second = sorted(probabilities, key=lambda k: -probabilities[k])[:2]
+        return first, first, second
 
     def method_hint(self, method_name: str, target_layer: str) -> str:
-        """Expected time of a method (Score-CAM is measured)."""
-        return method_hint(self.predictor, method_name, target_layer)
+        """Expected time of a method: Score-CAM's from its last run on this server, else
+        measured now on this machine (timed forwards × channels)."""
+        if method_name == SLOW_METHOD and target_layer in self.score_cam_runs:
+            seconds = self.score_cam_runs[target_layer]
+            return (
+                f"⏳ Score-CAM: about {seconds:.0f} s — its last run on this layer here took "
+                f"{seconds:.0f} s. It runs in its own queue, one at a time; Cancel stops it."
+            )
+        hint = method_hint(self.predictor, method_name, target_layer)
+        if method_name == SLOW_METHOD:
+            hint += " It runs in its own queue, one at a time; Cancel stops it."
+        return hint

@@ -1,20 +1,66 @@
-"""History tab: the stored reviews, filtered, as a table or a CSV file, and how often reviewers
-agreed with the model (``review.agreement``)."""
+"""History tab: the stored reviews, filtered, as a table or a CSV file; reopen a past case;
+how often reviewers agreed with the model (``review.agreement``)."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import gradio as gr
+import numpy as np
+import pandas as pd
+from PIL import Image
+
 from review.agreement import agreement_summary, summary_rows, write_summary_csv
-from review.report import write_reviews_csv
-from review.store import Review, ReviewStore
+from review.report import write_case_report, write_reviews_csv
+from review.store import ROW_COLUMNS, Review, ReviewStore
+from ui.common import DISCLAIMER
+
+TITLES: dict[str, str] = {
+    "id": "#",
+    "review_id": "Review id",
+    "created_at_utc": "Time (UTC)",
+    "reviewer": "Reviewer",
+    "predicted_class": "Model's class",
+    "agreement": "Reviewer agrees?",
+    "correct_class": "Correct class",
+    "shown_class": "Heatmap of",
+    "heatmap_usefulness": "Heatmap usefulness (1–5)",
+    "heatmap_wrong_place": "Heatmap in the wrong place",
+    "note": "Note",
+    "probabilities": "Probabilities",
+    "cam_method": "CAM method",
+    "model": "Model",
+    "checkpoint_sha256": "Checkpoint sha256",
+    "image_sha256": "Image sha256",
+    "image_stored": "Image stored",
+    "prediction_set": "Prediction set",
+}
+SHORT_COLUMNS = (
+    "created_at_utc",
+    "reviewer",
+    "predicted_class",
+    "agreement",
+    "correct_class",
+    "heatmap_usefulness",
+    "note",
+    "review_id",
+)
 
 
 class HistoryHandlers:
-    """Read ``store`` through the History tab's three filters ("All" = no filter)."""
+    """Read ``store`` through the History tab's three filters ("All" = no filter).
 
-    def __init__(self, store: ReviewStore, label_names: list[str] | None = None) -> None:
+    ``disabled`` says why reviews are off (an exposed server without a login): then the
+    table stays empty and exports and reopening are refused.
+    """
+
+    def __init__(
+        self, store: ReviewStore, label_names: list[str] | None = None, disabled: str = ""
+    ) -> None:
         self.store = store
         self.label_names = label_names or []
         self.exports = store.data_dir / "exports"
+        self.disabled = disabled
 
     def filtered(self, class_name: str, agreement: str, reviewer: str | None) -> list[Review]:
         return self.store.list(
@@ -23,12 +69,22 @@ class HistoryHandlers:
             reviewer=(reviewer or "").strip() or None,
         )
 
-    def history(self, class_name: str, agreement: str, reviewer: str | None) -> list[list]:
-        """The table rows, newest first, in ``ROW_COLUMNS`` order."""
-        return [list(r.as_row().values()) for r in self.filtered(class_name, agreement, reviewer)]
+    def history(
+        self, class_name: str, agreement: str, reviewer: str | None, all_columns: bool = False
+    ) -> pd.DataFrame:
+        """The table, newest first, with readable titles; the main columns unless
+        ``all_columns``."""
+        columns = ROW_COLUMNS if all_columns else SHORT_COLUMNS
+        titles = [TITLES[c] for c in columns]
+        if self.disabled:
+            return pd.DataFrame([], columns=titles)
+        rows = [r.as_row() for r in self.filtered(class_name, agreement, reviewer)]
+        return pd.DataFrame([[row[c] for c in columns] for row in rows], columns=titles)
 
     def export_csv(self, class_name: str, agreement: str, reviewer: str | None) -> str:
         """The same rows as a CSV file (path) under the exports folder."""
+        if self.disabled:
+            raise gr.Error(self.disabled)
         return str(write_reviews_csv(self.exports, self.filtered(class_name, agreement, reviewer)))
 
     def agreement(self, class_name: str, agreement: str, reviewer: str | None) -> list[list]:
@@ -44,3 +100,30 @@ class HistoryHandlers:
     def _summary(self, class_name: str, reviewer: str | None) -> dict:
         reviews = self.filtered(class_name, "All", reviewer)
         return agreement_summary(reviews, self.label_names)
+
+    @staticmethod
+    def picked(table: pd.DataFrame, event: gr.SelectData) -> str:
+        """The review id of the table row clicked (to reopen it)."""
+        row = event.row_value if event.row_value is not None else table.iloc[event.index[0]]
+        names = list(table.columns)
+        return str(row[names.index(TITLES["review_id"])]) if TITLES["review_id"] in names else ""
+
+    def reopen(self, review_id: str | None) -> tuple[str, str | None]:
+        """A past case: its PDF (written again from the store when missing) and its image,
+        when it was stored (else None)."""
+        if self.disabled:
+            raise gr.Error(self.disabled)
+        review = self.store.get((review_id or "").strip())
+        if review is None:
+            raise gr.Error(f"No review with id {review_id!r}: click a row of the table first.")
+        image = self.store.image_file(review)
+        pdf = self.exports / f"review-{review.review_id}.pdf"
+        if not pdf.is_file():
+            pixels = None if image is None else _gray(image)
+            write_case_report(pdf, review, pixels, None, DISCLAIMER)
+        return str(pdf), None if image is None else str(image)
+
+
+def _gray(path: Path) -> np.ndarray:
+    with Image.open(path) as image:
+        return np.asarray(image.convert("L"))

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import gradio as gr
 
 from imaging.image import LoadedImage
 from model import lung_share
 from model.config import ModelConfig
+from model.ood import headline, input_warnings
 from model.predictor import Prediction
 from review.report import write_case_report
 from review.store import Review, ReviewStore, draft_from_prediction
@@ -25,11 +27,13 @@ class ReviewHandlers:
         predict: Callable[[LoadedImage], Prediction],
         config: ModelConfig,
         store: ReviewStore,
+        disabled: str = "",
     ) -> None:
         self.predict = predict
         self.config = config
         self.store = store
         self.exports = store.data_dir / "exports"
+        self.disabled = disabled  # why reviews are off ("" = on)
 
     def reviewed_case(self, path: str | None, cached: Case | None) -> Case:
         """The cached case when it is of the image sent (no decode, no prediction); a fresh
@@ -48,7 +52,7 @@ class ReviewHandlers:
         shown_class: str | None,
         agreement: str | None,
         correct_class: str | None,
-        heatmap_usefulness: float,
+        heatmap_usefulness: float | None,
         heatmap_wrong_place: bool,
         note: str | None,
         reviewer: str | None,
@@ -57,9 +61,16 @@ class ReviewHandlers:
         cached: Case | None,
         request: gr.Request,
     ) -> tuple[str, tuple[Review, Prediction]]:
-        """Validate and store one review; returns a status line and (review, prediction)."""
+        """Validate and store one review; returns a status line and (review, prediction).
+
+        One review per case: without a ``review_id`` the case's own id is used, so saving
+        the same case twice never stores two reviews (the second save is refused).
+        """
+        if self.disabled:
+            raise gr.Error(self.disabled)
         try:
-            prediction = self.reviewed_case(image, cached).prediction
+            case = self.reviewed_case(image, cached)
+            prediction = case.prediction
             draft = draft_from_prediction(
                 prediction,
                 self.config,
@@ -70,14 +81,31 @@ class ReviewHandlers:
                 heatmap_wrong_place=heatmap_wrong_place,
                 note=note,
                 reviewer=getattr(request, "username", None) or reviewer or "",
-                review_id=review_id,
+                review_id=review_id or case.review_id,
             )
             pixels = prediction.image.pixels if store_image else None
             saved, created = self.store.add(draft, pixels)
         except ValueError as err:
             raise gr.Error(str(err)) from err
-        verb = "Saved" if created else "Already saved (same review_id)"
-        return f"{verb}: review `{saved.review_id}` by {saved.reviewer}.", (saved, prediction)
+        if not created:
+            return (
+                f"Already saved: review `{saved.review_id}` by {saved.reviewer} (one review per "
+                "case; this save changed nothing). Analyse another image for a new review.",
+                (saved, prediction),
+            )
+        return f"Saved: review `{saved.review_id}` by {saved.reviewer}.", (saved, prediction)
+
+    @staticmethod
+    def new_case(case: Case | None, form_case: str | None) -> tuple[Any, ...]:
+        """A new analysis starts a new case: the form cleared, the case's review id, no PDF.
+
+        Returns (agreement, correct class, usefulness, wrong place, note, store image,
+        review id, status, report file, last review, form case). When the form already
+        belongs to ``case`` (Analyze pressed again on the same upload) nothing changes.
+        """
+        if case is None or case.review_id == form_case:
+            return tuple(gr.skip() for _ in range(11))
+        return (None, None, None, False, "", False, case.review_id, "", None, None, case.review_id)
 
     def make_report(
         self,
@@ -88,11 +116,18 @@ class ReviewHandlers:
     ) -> str:
         """The saved review's one-page PDF (path), with the overlay as reviewed (``outline``:
         the lung fields drawn) and the heatmaps' share on the lungs."""
+        if self.disabled:
+            raise gr.Error(self.disabled)
         if last is None:
             raise gr.Error("Save the review first: the report includes it.")
         review, prediction = last
         drawn = draw(prediction, review.shown_class, opacity, colormap, outline)
         path = Path(self.exports) / f"review-{review.review_id}.pdf"
+        image, check = prediction.image, prediction.ood
+        warning, reasons = headline(image, check), input_warnings(image, check)
         lungs = lung_share.notes(prediction, mark="Warning: ")
-        pixels = prediction.image.pixels
-        return str(write_case_report(path, review, pixels, drawn, DISCLAIMER, lungs))
+        return str(
+            write_case_report(
+                path, review, image.pixels, drawn, DISCLAIMER, warning, reasons, colormap, lungs
+            )
+        )

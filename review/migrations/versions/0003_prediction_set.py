@@ -1,7 +1,7 @@
 """the conformal prediction set shown with each review
 
-Revision ID: 0002
-Revises: 0001
+Revision ID: 0003
+Revises: 0002_optional_usefulness
 Create Date: 2026-11-27
 
 Both columns are nullable: reviews saved before prediction sets existed (or with a model
@@ -13,8 +13,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0002"
-down_revision = "0001"
+revision = "0003"
+down_revision = "0002_optional_usefulness"
 branch_labels = None
 depends_on = None
 
