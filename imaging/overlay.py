@@ -16,8 +16,8 @@ COLORMAPS: dict[str, int] = {
 }
 
 
-DEFAULT_OPACITY = 0.45  # the overlay style every screen, CLI and report starts from
-DEFAULT_COLORMAP = "jet"
+DEFAULT_OPACITY = 0.35  # the film stays readable under the heat (docs/screenshot.png)
+DEFAULT_COLORMAP = "inferno"  # low = dark, not a blue veil over the whole film
 
 
 def colorize(heatmap: np.ndarray, colormap: str = DEFAULT_COLORMAP) -> np.ndarray:

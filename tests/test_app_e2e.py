@@ -56,3 +56,17 @@ def test_examples_are_real_and_small():
     assert 5 <= len(examples) <= 10
     assert sum(p.stat().st_size for p in examples) <= 1_000_000
     assert (Path(app.ASSETS, "examples", "LICENSE.md")).is_file()
+
+
+def test_readme_api_example_runs_as_written(app_url, capsys):
+    readme = (Path(app.__file__).parent / "README.md").read_text()
+    code = readme.split("## API", 1)[1].split("```python", 1)[1].split("```", 1)[0]
+    assert 'Client("http://localhost:7860/")' in code
+    exec(code.replace("http://localhost:7860/", app_url), {})  # our own README
+    headline, scores = capsys.readouterr().out.splitlines()[-2:]
+    assert "Tuberculosis" in scores and headline.split()[-1] in scores
+
+
+def test_predict_returns_the_shown_class_as_a_string(client, real_image):
+    label, _, shown, _ = predict_api(client, real_image)
+    assert isinstance(shown, str) and shown == label["label"]
