@@ -208,7 +208,7 @@ def build_demo(
         form = [agreement, correct_class, usefulness, wrong_place, note, store_image, review_id]
         form += [review_status, report_file, last_review, form_case]
         batched = {"concurrency_limit": max_batch_size, "concurrency_id": "predict"}
-        analyze_inputs = [upload, opacity, colormap, cached, outline, show_anyway]
+        analyze_inputs = [upload, opacity, colormap, cached, show_anyway, outline]
         lung_inputs = [cached, shown_class]
 
         def after_analysis(event) -> None:

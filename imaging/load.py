@@ -152,7 +152,11 @@ def _read_pil(data: bytes, name: str) -> LoadedImage:
     except ImageInputError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
-        raise ImageInputError(f"{name}: refused as a decompression bomb ({err})") from err
+        raise ImageInputError(
+            f"{name}: this image declares more pixels than LungCAM opens (over "
+            f"{MAX_PIXELS / 1e6:.0f} megapixels); a chest X-ray is far smaller, so it is refused "
+            "as a possible decompression bomb. Resize or re-export it and upload again."
+        ) from err
     except UnidentifiedImageError as err:
         raise _NotAnImage(name) from err
     except (OSError, SyntaxError, ValueError, EOFError) as err:

@@ -16,8 +16,8 @@ COLORMAPS: dict[str, int] = {
 }
 
 
-DEFAULT_OPACITY = 0.45  # the overlay style every screen, CLI and report starts from
-DEFAULT_COLORMAP = "jet"
+DEFAULT_OPACITY = 0.35  # the film stays readable under the heat (docs/screenshot.png)
+DEFAULT_COLORMAP = "inferno"  # low = dark, not a blue veil over the whole film
 # Outlines are white with a black halo on each side: every colormap above has dark and light
 # ends, so a single colour vanishes somewhere, a two-tone line reads on all of them.
 OUTLINE_COLOR = (255, 255, 255)

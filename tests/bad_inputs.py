@@ -151,7 +151,7 @@ BAD_INPUTS: tuple[BadInput, ...] = (
     BadInput("tiny.png", lambda: encode(_gray((32, 32)), "PNG"), "too small.*64 px"),
     BadInput("strip.bmp", lambda: encode(_gray((2000, 40)), "BMP"), "too small.*64 px"),
     BadInput("big.png", lambda: png_header_only(8000, 7000), "56 MP.*over 50 MP are refused"),
-    BadInput("bomb.png", lambda: png_header_only(30000, 30000), "decompression bomb"),
+    BadInput("bomb.png", lambda: png_header_only(30000, 30000), "more pixels than LungCAM opens"),
     BadInput("text.dcm", lambda: b"not a dicom file\n" * 50, "not a readable DICOM file"),
     BadInput("ct.dcm", lambda: make_dicom(ramp(), modality="CT"), "'CT' is not a radiograph"),
     BadInput("report.dcm", lambda: make_dicom(None, modality="SR"), "'SR' is not a radiograph"),

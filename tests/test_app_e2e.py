@@ -67,9 +67,23 @@ def test_predict_notes_give_every_class_share_on_the_lungs_and_outline_is_option
     listed = notes.split("Heatmap on the lungs")[1]
     for c in label["confidences"]:
         assert f"{c['label']} " in listed and " %" in listed
-    outlined_path = client.predict(handle_file(str(real_image)), 0.45, "jet", True,
+    outlined_path = client.predict(handle_file(str(real_image)), 0.45, "jet", False, True,
                                    api_name="/predict")[1]
     plain = np.asarray(Image.open(plain_path)).astype(int)
     outlined = np.asarray(Image.open(outlined_path)).astype(int)
     changed = np.abs(outlined - plain).max(axis=2) > 60  # beyond JPEG noise
     assert 0.001 < changed.mean() < 0.2
+
+
+def test_readme_api_example_runs_as_written(app_url, capsys):
+    readme = (Path(app.__file__).parent / "README.md").read_text()
+    code = readme.split("## API", 1)[1].split("```python", 1)[1].split("```", 1)[0]
+    assert 'Client("http://localhost:7860/")' in code
+    exec(code.replace("http://localhost:7860/", app_url), {})  # our own README
+    headline, scores = capsys.readouterr().out.splitlines()[-2:]
+    assert "Tuberculosis" in scores and headline.split()[-1] in scores
+
+
+def test_predict_returns_the_shown_class_as_a_string(client, real_image):
+    label, _, shown, _ = predict_api(client, real_image)
+    assert isinstance(shown, str) and shown == label["label"]

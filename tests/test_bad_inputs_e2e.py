@@ -7,6 +7,7 @@ import re
 
 import numpy as np
 import pytest
+from gradio_client import handle_file
 from PIL import Image
 
 from tests.bad_inputs import PHI, make_dicom, ramp, write_bad_inputs
@@ -34,7 +35,8 @@ def test_lateral_dicom_shows_tags_and_warning_but_no_phi(client, tmp_path):
         make_dicom(ramp(256, 200), ViewPosition="LL", WindowCenter=128, WindowWidth=256)
     )
     label, _, _, notes = predict_api(client, path)
-    assert len(label["confidences"]) == 5
+    assert label["label"] == "Not a frontal chest X-ray?"  # the headline is not a class
+    assert not label.get("confidences")  # folded away unless asked for
     assert "DICOM" in notes and "Modality: DX" in notes and "ViewPosition: LL" in notes
     assert "lateral" in notes
     for value in PHI.values():
@@ -47,5 +49,7 @@ def test_colour_photo_gets_the_not_a_chest_xray_warning(client, tmp_path):
     path = tmp_path / "photo.png"
     Image.fromarray(rgb).save(path)
     label, _, _, notes = predict_api(client, path)
-    assert len(label["confidences"]) == 5
+    assert label["label"] == "Not a chest X-ray?" and not label.get("confidences")
     assert "may not be a frontal chest X-ray" in notes and "colour" in notes
+    shown = client.predict(handle_file(str(path)), 0.35, "inferno", True, api_name="/predict")[0]
+    assert shown["label"] == "Not a chest X-ray?" and len(shown["confidences"]) == 5

@@ -8,9 +8,11 @@ lands in ``tests/artifacts/`` (git-ignored) for CI to keep.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 from playwright.sync_api import expect, sync_playwright
 
@@ -90,3 +92,64 @@ def test_upload_shows_label_and_heatmap_and_switching_class_redraws(browser_page
     shot = ARTIFACTS / "browser-analyze.png"
     page.screenshot(path=str(shot), full_page=True)
     assert shot.stat().st_size > 10_000
+
+
+def _colour_photo(folder: Path) -> Path:
+    from PIL import Image
+
+    pixels = np.zeros((160, 160, 3), np.uint8)
+    pixels[..., 0], pixels[40:120, 40:120, 2] = 230, 200  # a saturated colour picture
+    path = folder / "photo.png"
+    Image.fromarray(pixels).save(path)
+    return path
+
+
+def test_walk_two_cases_one_review_each_and_a_non_chest_headline(browser_page, tmp_path):
+    page, _ = browser_page
+    page.reload()
+    labels = ["Bacterial Pneumonia", "COVID-19", "Normal", "Tuberculosis", "Viral Pneumonia"]
+    label = page.get_by_test_id("label-output-value")
+
+    # A: an example thumbnail is analysed on click; review it.
+    gallery = page.locator(".block", has=page.get_by_text("Examples from the lung5 test split"))
+    gallery.locator("img").first.click()
+    expect(label).to_have_text(re.compile("|".join(map(re.escape, labels))), timeout=TIMEOUT_MS)
+    expect(page.get_by_text("low", exact=True).first).to_be_visible(
+        timeout=TIMEOUT_MS
+    )  # the colour bar
+    page.get_by_label("agree", exact=True).check()
+    page.get_by_label("Note").fill("case A")
+    page.get_by_label("Reviewer name", exact=False).fill("dr-browser")
+    page.get_by_role("button", name="Save review").click()
+    expect(page.get_by_text("Saved: review")).to_be_visible(timeout=TIMEOUT_MS)
+    page.get_by_role("button", name="Save review").click()  # twice: refused, not duplicated
+    expect(page.get_by_text("Already saved")).to_be_visible(timeout=TIMEOUT_MS)
+
+    # B: a new upload is a new case: empty form, no "Saved" line, no PDF of A.
+    gallery.locator("img").last.click()
+    expect(page.get_by_text("Already saved")).to_have_count(0, timeout=TIMEOUT_MS)
+    expect(page.get_by_label("Note")).to_have_value("", timeout=TIMEOUT_MS)
+    assert not page.get_by_label("agree", exact=True).is_checked()
+    page.get_by_role("button", name="PDF report").click()
+    expect(page.get_by_text("Save the review first").first).to_be_visible(timeout=TIMEOUT_MS)
+    page.get_by_label("agree", exact=True).check()
+    page.get_by_role("button", name="Save review").click()
+    saved_b = page.get_by_text("Saved: review")
+    expect(saved_b).to_be_visible(timeout=TIMEOUT_MS)
+    review_b = re.search(r"review (\w+)", saved_b.inner_text()).group(1)
+    page.get_by_role("button", name="PDF report").click()
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    page.wait_for_timeout(500)
+    try:
+        report_block = page.locator(".block", has=page.get_by_text("Case report (PDF)")).first
+        expect(report_block).to_contain_text(f"review-{review_b}", timeout=TIMEOUT_MS)
+    finally:
+        page.screenshot(path=str(ARTIFACTS / "browser-review.png"), full_page=True)
+
+    # A colour picture: the headline is the warning, not a class.
+    page.get_by_label("Clear").first.click()  # empty the upload box, then upload
+    page.locator("input[type=file]").first.set_input_files(str(_colour_photo(tmp_path)))
+    expect(label).to_have_text("Not a chest X-ray?", timeout=TIMEOUT_MS)
+    expect(page.get_by_text("Saved: review")).to_have_count(0, timeout=TIMEOUT_MS)
+    page.wait_for_timeout(1000)  # let the progress overlays fade before the screenshot
+    page.screenshot(path=str(ARTIFACTS / "browser-not-chest.png"), full_page=True)

@@ -95,7 +95,7 @@ def test_warning_threshold_is_the_named_constant(tmp_path, monkeypatch):
 def test_no_lung_fields_found_is_said_not_scored(tmp_path):
     handlers = AnalyzeHandlers(_predict(1, _lungs(found=False)))
     confidences, drawn, _, notes, case = handlers.analyze(
-        _upload(tmp_path), 0.45, "jet", None, True
+        _upload(tmp_path), 0.45, "jet", None, False, True
     )
     assert len(confidences) == 5 and drawn.shape == (SIDE, SIDE, 3)
     assert "lung fields not found" in notes and " % " not in notes.split("Heatmap")[-1]
@@ -141,7 +141,7 @@ def test_real_segmenter_end_to_end(tiny_checkpoint, tmp_path):
     assert "Heatmap on the lungs (share of each class's map)" in notes
 
     Image.fromarray(np.full((300, 280), 128, np.uint8)).save(tmp_path / "flat.png")
-    notes, case = handlers.analyze(str(tmp_path / "flat.png"), 0.45, "jet", None, True)[3:]
+    notes, case = handlers.analyze(str(tmp_path / "flat.png"), 0.45, "jet", None, False, True)[3:]
     assert not case.prediction.lungs.found and "lung fields not found" in notes
     assert NO_LUNGS_REASON in notes  # the guard counts it (no fitted statistics here)
     assert load_image(str(tmp_path / "flat.png")).size == (280, 300)

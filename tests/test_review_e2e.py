@@ -140,7 +140,7 @@ def test_login_is_required_and_the_login_name_is_the_reviewer(login_server, alic
     [
         ({"agreement": "disagree", "correct_class": None}, "disagree requires the correct class"),
         ({"agreement": None}, "agreement must be one of"),
-        ({"heatmap_usefulness": 9}, "greater than maximum value 5"),
+        ({"heatmap_usefulness": 9}, r"9 \(type: .*\) is not in the list of choices"),
         ({"shown_class": "Lupus"}, "Lupus is not in the list of choices"),
         ({"review_id": "has spaces"}, "review_id 'has spaces' must be"),
     ],
@@ -192,3 +192,21 @@ def test_stored_image_pdf_and_csv_through_the_api(login_server, alice, real_imag
     assert lines[0].startswith("id,review_id,") and len(lines) >= 2
     assert all(",disagree," in line for line in lines[1:])
     assert any(",with-image," in line for line in lines[1:])
+
+
+def test_exposed_server_without_login_refuses_reviews_and_exports(tiny_checkpoint, tmp_path):
+    process, url = start_app(tiny_checkpoint, "--host", "0.0.0.0", env=_env(tmp_path / "d"))
+    try:
+        client = Client(url, verbose=False)
+        for call in (
+            lambda: client.predict("All", "All", "", api_name="/export_csv"),
+            lambda: client.predict("x", api_name="/reopen"),
+            lambda: send(client, lung5_images("test")[0], "exposed-1"),
+        ):
+            with pytest.raises(Exception, match="switched off"):
+                call()
+    finally:
+        _stop(process)
+    store = ReviewStore.open(tmp_path / "d")
+    assert store.list() == []
+    store.close()

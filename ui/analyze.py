@@ -48,8 +48,8 @@ class AnalyzeHandlers:
         opacity: float,
         colormap: str,
         cached: Case | None = None,
-        outline: bool = False,
         show_anyway: bool = False,
+        outline: bool = False,
     ) -> tuple[Any, np.ndarray, str, str, Case]:
         """(label, overlay, shown class, notes, case) for the upload at ``path``.
 
