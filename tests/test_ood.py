@@ -148,10 +148,12 @@ def test_assess_counts_no_lung_fields_as_evidence(gaussian_stats):
     near = stats.mean + stats.class_means[0] @ stats.basis
     assert not assess(gray(), near, stats, _lungs(True)).warn
     assert not assess(gray(), near, stats, None).warn
-    check = assess(gray(), near, stats, _lungs(False))
+    check = assess(gray(), near, stats, _lungs(False), no_lungs_score=0.0)
     assert check.score <= 1 and check.reasons == [ood.NO_LUNGS_REASON]
-    strict = assess(gray(), near, stats, _lungs(False), no_lungs_score=check.score + 1)
+    strict = assess(gray(), near, stats, _lungs(False), no_lungs_score=check.score + 0.01)
     assert not strict.warn
+    default = assess(gray(), near, stats, _lungs(False))
+    assert default.warn == (check.score > ood.NO_LUNGS_SCORE)
     far = assess(gray(), stats.mean + 50 * stats.basis[0], stats, _lungs(False))
     assert len(far.reasons) == 2 and ood.NO_LUNGS_REASON in describe(far)
     assert assess(gray(), None, None, _lungs(False)).reasons == [ood.NO_LUNGS_REASON]

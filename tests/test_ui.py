@@ -254,7 +254,7 @@ def test_history_has_readable_titles_fewer_columns_and_reopens_a_case(
     short = history.history("All", "All", "")
     assert list(short.columns) == [TITLES[c] for c in SHORT_COLUMNS] and len(short) == 1
     assert "Time (UTC)" in short.columns and "created_at_utc" not in short.columns
-    assert len(history.history("All", "All", "", True).columns) == 17
+    assert len(history.history("All", "All", "", True).columns) == len(TITLES) == 18
     pdf, image = history.reopen(case.review_id)
     assert Path(pdf).read_bytes().startswith(b"%PDF") and Path(image).is_file()
     with pytest.raises(gr.Error, match="No review"):
@@ -267,7 +267,7 @@ def test_reviews_and_exports_refuse_when_switched_off(counted, predictor, store)
     reviews = ReviewHandlers(predict, predictor.config, store, reason)
     with pytest.raises(gr.Error, match="switched off"):
         reviews.save_review(None, None, "agree", None, 3, False, "", "x", False, "", None, None)
-    history = HistoryHandlers(store, reason)
+    history = HistoryHandlers(store, disabled=reason)
     with pytest.raises(gr.Error, match="switched off"):
         history.export_csv("All", "All", "")
     assert history.history("All", "All", "").empty

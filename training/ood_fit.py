@@ -362,7 +362,7 @@ def measure(args: argparse.Namespace) -> None:
         Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
     if args.details:
         with open(args.details, "w", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=["set", "group", *chest[0]])
+            writer = csv.DictWriter(handle, fieldnames=["set", *chest[0]])
             writer.writeheader()
             writer.writerows({"set": "chest", **r} for r in chest)
             writer.writerows(
