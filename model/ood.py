@@ -194,13 +194,14 @@ def input_warnings(image: LoadedImage, check: OODCheck | None) -> list[str]:
 def headline(image: LoadedImage, check: OODCheck | None) -> str | None:
     """What to headline instead of a class name, or None when the class may be headlined.
 
-    The guard's warning gives ``NOT_A_CHEST_XRAY``; a loader note alone (a lateral view,
-    a multi-frame file) gives ``NOT_FRONTAL`` when it is about the view, else nothing.
+    A DICOM header that says lateral gives ``NOT_FRONTAL`` first (more specific than the
+    pixels, and a lateral film has no frontal lung fields for the guard to find); else the
+    guard's warning gives ``NOT_A_CHEST_XRAY``; else nothing.
     """
-    if check is not None and check.warn:
-        return NOT_A_CHEST_XRAY
     if any("lateral" in note for note in image.notes):
         return NOT_FRONTAL
+    if check is not None and check.warn:
+        return NOT_A_CHEST_XRAY
     return None
 
 
