@@ -8,6 +8,7 @@ from PIL import Image
 
 import app
 from imaging.load import load_image
+from imaging.overlay import DEFAULT_COLORMAP, DEFAULT_OPACITY
 from model.predictor import Predictor
 from review.store import ReviewStore
 from tests.conftest import predict_api
@@ -67,8 +68,8 @@ def test_predict_notes_give_every_class_share_on_the_lungs_and_outline_is_option
     listed = notes.split("Heatmap on the lungs")[1]
     for c in label["confidences"]:
         assert f"{c['label']} " in listed and " %" in listed
-    outlined_path = client.predict(handle_file(str(real_image)), 0.45, "jet", False, True,
-                                   api_name="/predict")[1]
+    outlined_path = client.predict(handle_file(str(real_image)), DEFAULT_OPACITY,
+                                   DEFAULT_COLORMAP, False, True, api_name="/predict")[1]
     plain = np.asarray(Image.open(plain_path)).astype(int)
     outlined = np.asarray(Image.open(outlined_path)).astype(int)
     changed = np.abs(outlined - plain).max(axis=2) > 60  # beyond JPEG noise
