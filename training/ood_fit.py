@@ -41,6 +41,8 @@ from model.predictor import Predictor
 from training.data import subsample
 from training.sources import load_folders
 
+MIN_SOURCE_IMAGES = 50  # calibration images a source needs to set its own threshold
+
 
 def fit_feature_stats(
     train: np.ndarray,
@@ -54,7 +56,8 @@ def fit_feature_stats(
     set both thresholds at ``quantile`` of the held-out ``calibration`` features' scores.
 
     With ``groups`` (the source of each calibration image) each threshold is the highest of
-    the sources' own quantiles, so no source's chest X-rays are warned about more often than
+    the pooled quantile and the quantiles of the sources with at least ``MIN_SOURCE_IMAGES``
+    images, so no such source's chest X-rays are warned about more often than
     ``1 - quantile`` (in calibration) just because it is rarer than the others.
     """
     if not 0 < quantile < 1:
@@ -73,12 +76,14 @@ def fit_feature_stats(
     stats = FeatureStats(mean, basis, class_means, np.linalg.inv(covariance), 0.0, 0.0)
     distance, residual = stats.scores(calibration)
     members = np.asarray(groups) if groups is not None else np.zeros(len(calibration))
-    stats.distance_threshold = max(
-        float(np.quantile(distance[members == g], quantile)) for g in np.unique(members)
-    )
-    stats.residual_threshold = max(
-        float(np.quantile(residual[members == g], quantile)) for g in np.unique(members)
-    )
+    # A source with few calibration images cannot estimate its own high quantile (the 99th
+    # percentile of 8 images is their maximum): it counts in the pooled quantile only.
+    names, counts = np.unique(members, return_counts=True)
+    masks = [np.ones(len(members), bool)] + [
+        members == g for g, n in zip(names, counts, strict=True) if n >= MIN_SOURCE_IMAGES
+    ]
+    stats.distance_threshold = max(float(np.quantile(distance[m], quantile)) for m in masks)
+    stats.residual_threshold = max(float(np.quantile(residual[m], quantile)) for m in masks)
     return stats
 
 
@@ -258,7 +263,8 @@ def fit(args: argparse.Namespace) -> None:
         "quantile": args.quantile,
         "fitted_on": {
             "data": [Path(d).name for d in args.data],
-            "thresholds": "highest per-source quantile of the val splits",
+            "thresholds": "highest of the pooled and per-source val quantiles "
+            f"(sources of >= {MIN_SOURCE_IMAGES} images)",
             "train_images": len(train),
             "val_images": len(val),
             "max_per_class": args.max_per_class,
