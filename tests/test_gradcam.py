@@ -8,7 +8,6 @@ from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
 from imaging.load import load_image
 from model.cam import AllClassGradCAM, normalise_cam
-from model.checkpoint import load_checkpoint
 from model.config import ModelConfig
 from model.network import create_network
 from model.predictor import Predictor
@@ -47,11 +46,10 @@ def test_matches_pytorch_grad_cam_with_random_weights(size):
 
 
 def test_matches_pytorch_grad_cam_with_the_bundled_trained_model():
-    model, config = load_checkpoint(BUNDLED_MODEL)
-    assert config.trained
-    predictor = Predictor(model, config, torch.device("cpu"))
-    batch = torch.stack([predictor.preprocess(load_image(p).pixels) for p in lung5_images()[:3]])
-    _assert_equivalent(model, batch)
+    predictor = Predictor.load(str(BUNDLED_MODEL), "cpu")  # with its lung segmenter
+    assert predictor.config.trained
+    batch = predictor.batch([load_image(p) for p in lung5_images()[:3]])  # lung-field crops
+    _assert_equivalent(predictor.model, batch)
 
 
 def test_refuses_a_model_in_train_mode():
