@@ -1,8 +1,13 @@
 """A real browser against the running app: Debian's Chromium driven by Playwright.
 
 No browser is downloaded (never ``playwright install``): Playwright launches
-``/usr/bin/chromium`` (``$LUNGCAM_CHROMIUM`` overrides) with a fresh profile. The screenshot
-lands in ``tests/artifacts/`` (git-ignored) for CI to keep.
+``/usr/bin/chromium`` (``$LUNGCAM_CHROMIUM`` overrides) with a fresh profile. The screenshots
+land in ``tests/artifacts/`` (git-ignored) for CI to keep. The app serves a tiny random-weight
+checkpoint (fast); ``$LUNGCAM_BROWSER_MODEL`` serves another one instead, which is how the
+README's screenshots of the bundled model are made::
+
+    LUNGCAM_BROWSER_MODEL=assets/model .venv/bin/python -m pytest -q tests/test_browser.py
+    cp tests/artifacts/browser-analyze.png docs/screenshot.png   # and -review, -not-chest
 """
 
 from __future__ import annotations
@@ -45,7 +50,8 @@ def browser_page(tmp_path_factory: pytest.TempPathFactory, tiny_checkpoint: Path
 
     data = tmp_path_factory.mktemp("data")
     env = {"LUNGCAM_DATA_DIR": str(data), "GRADIO_TEMP_DIR": ""}  # "": the default, in data
-    process, url = start_app(tiny_checkpoint, env=env)
+    model = Path(os.environ.get("LUNGCAM_BROWSER_MODEL") or tiny_checkpoint).resolve()
+    process, url = start_app(model, env=env)
     try:
         with sync_playwright() as playwright:
             context = playwright.chromium.launch_persistent_context(
