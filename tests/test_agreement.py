@@ -24,7 +24,7 @@ from review.agreement import (
 )
 from review.report import prediction_set_text
 from review.store import ReviewStore, alembic_config
-from tests.test_review_store import LABELS, make_draft, postgres_server, store  # noqa: F401
+from tests.test_review_store import LABELS, make_draft, store  # noqa: F401
 from ui.history import HistoryHandlers
 
 
