@@ -1,21 +1,32 @@
-"""Shared fixtures: real images from ../shared/data/lung5 and small checkpoints made here.
+"""Shared fixtures: real images from ../shared/data/lung5, small checkpoints made here, the
+app as a subprocess, and a throwaway PostgreSQL server.
 
-Nothing is downloaded. ``LUNGCAM_DATA`` overrides where the lung5 folder is.
+Nothing is downloaded. ``LUNGCAM_DATA`` overrides where the lung5 folder is. The PostgreSQL
+server comes from Debian's ``postgresql`` package (``/usr/lib/postgresql/*/bin``): ``initdb`` +
+``pg_ctl`` in a temporary folder on a free loopback port. ``initdb`` refuses to run as root, so
+under root (as in CI) the server runs as the ``postgres`` system user. Without the binaries the
+PostgreSQL tests skip, unless ``LUNGCAM_REQUIRE_ALL`` is set (CI), where they fail.
 """
 
 from __future__ import annotations
 
+import glob
 import os
+import pwd
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import torch
 from gradio_client import Client, handle_file
+from sqlalchemy import create_engine, text
 
 from imaging.overlay import DEFAULT_COLORMAP, DEFAULT_OPACITY
 from model.checkpoint import save_checkpoint
@@ -56,10 +67,10 @@ def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny")
 
 
-def start_app(
-    model: Path, *extra: str, env: dict[str, str] | None = None, timeout: float = 120.0
-) -> tuple[subprocess.Popen, str]:
-    """Start ``python app.py`` on loopback and wait until it answers; returns (process, url)."""
+def launch_app(
+    model: Path, *extra: str, env: dict[str, str] | None = None
+) -> tuple[subprocess.Popen, int]:
+    """Start ``python app.py`` on loopback without waiting; returns (process, port)."""
     port = free_port()
     process = subprocess.Popen(
         [
@@ -79,18 +90,30 @@ def start_app(
         stderr=subprocess.STDOUT,
         text=True,
     )
-    url = f"http://127.0.0.1:{port}/"
+    return process, port
+
+
+def wait_for_app(process: subprocess.Popen, port: int, timeout: float = 120.0) -> str:
+    """Wait until the app launched on ``port`` answers; returns its URL."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise RuntimeError(f"app exited early:\n{process.stdout.read()}")
         try:
             with socket.create_connection(("127.0.0.1", port), timeout=1):
-                return process, url
+                return f"http://127.0.0.1:{port}/"
         except OSError:
             time.sleep(0.5)
     process.kill()
     raise RuntimeError(f"app did not start within {timeout}s")
+
+
+def start_app(
+    model: Path, *extra: str, env: dict[str, str] | None = None, timeout: float = 120.0
+) -> tuple[subprocess.Popen, str]:
+    """Start ``python app.py`` on loopback and wait until it answers; returns (process, url)."""
+    process, port = launch_app(model, *extra, env=env)
+    return process, wait_for_app(process, port, timeout)
 
 
 @pytest.fixture(scope="session")
@@ -112,3 +135,68 @@ def predict_api(client: Client, path: Path) -> tuple:
     return client.predict(
         handle_file(str(path)), DEFAULT_OPACITY, DEFAULT_COLORMAP, api_name="/predict"
     )
+
+
+def _postgres_binaries() -> Path | None:
+    found = sorted(
+        glob.glob("/usr/lib/postgresql/*/bin/initdb"), key=lambda p: int(Path(p).parents[1].name)
+    )
+    return Path(found[-1]).parent if found else None
+
+
+def _missing(reason: str) -> None:
+    if os.environ.get("LUNGCAM_REQUIRE_ALL"):
+        pytest.fail(f"{reason} (LUNGCAM_REQUIRE_ALL is set, so this is an error)")
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[str]:
+    """A throwaway PostgreSQL cluster on 127.0.0.1; yields the URL of its ``postgres`` DB."""
+    binaries = _postgres_binaries()
+    if binaries is None:
+        _missing("PostgreSQL binaries not found under /usr/lib/postgresql/*/bin")
+    root = Path(tempfile.mkdtemp(prefix="lungcam-pg-"))  # not pytest's tmp: root-only 0700
+    as_user: list[str] = []
+    if os.geteuid() == 0:  # initdb: "cannot be run as root"
+        owner = pwd.getpwnam("postgres")
+        os.chown(root, owner.pw_uid, owner.pw_gid)
+        as_user = ["runuser", "-u", "postgres", "--"]
+    data, port = root / "data", free_port()
+    options = f"-c listen_addresses=127.0.0.1 -p {port} -c unix_socket_directories='' -c fsync=off"
+
+    def pg(*args: str) -> None:
+        subprocess.run([*as_user, *args], check=True, capture_output=True, text=True)
+
+    try:
+        pg(str(binaries / "initdb"), "-D", str(data), "-U", "lungcam", "--auth=trust", "--no-sync")
+        pg(
+            str(binaries / "pg_ctl"),
+            "-D",
+            str(data),
+            "-l",
+            str(root / "log"),
+            "-o",
+            options,
+            "-w",
+            "-t",
+            "60",
+            "start",
+        )
+    except subprocess.CalledProcessError as err:
+        log = (root / "log").read_text() if (root / "log").exists() else ""
+        shutil.rmtree(root, ignore_errors=True)
+        pytest.fail(f"could not start PostgreSQL: {err.stderr}\n{log}")
+    yield f"postgresql+psycopg://lungcam@127.0.0.1:{port}/postgres"
+    pg(str(binaries / "pg_ctl"), "-D", str(data), "-m", "immediate", "-w", "stop")
+    shutil.rmtree(root, ignore_errors=True)
+
+
+def new_database(server: str) -> str:
+    """A fresh, empty database on the ``postgres_server``; returns its URL."""
+    name = f"reviews_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(server, isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        connection.execute(text(f'CREATE DATABASE "{name}"'))
+    admin.dispose()
+    return server.rsplit("/", 1)[0] + f"/{name}"

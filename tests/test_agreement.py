@@ -24,7 +24,7 @@ from review.agreement import (
 )
 from review.report import prediction_set_text
 from review.store import ReviewStore, alembic_config
-from tests.test_review_store import LABELS, make_draft, postgres_server, store  # noqa: F401
+from tests.test_review_store import LABELS, make_draft, store  # noqa: F401
 from ui.history import HistoryHandlers
 
 
@@ -84,8 +84,15 @@ def test_an_empty_store_gives_zero_cases_everywhere():
 
 def test_the_set_is_stored_shown_and_counted(store):  # noqa: F811
     store.add(make_draft(review_id="a", prediction_set=["Tuberculosis", "Normal"], set_alpha=0.1))
-    store.add(make_draft(review_id="b", prediction_set=["Tuberculosis"], set_alpha=0.1,
-                         agreement="disagree", correct_class="Normal"))
+    store.add(
+        make_draft(
+            review_id="b",
+            prediction_set=["Tuberculosis"],
+            set_alpha=0.1,
+            agreement="disagree",
+            correct_class="Normal",
+        )
+    )
     store.add(make_draft(review_id="c"))
     uncertain, certain, unknown = (store.get(i) for i in "abc")
     assert uncertain.prediction_set == ["Tuberculosis", "Normal"] and uncertain.set_alpha == 0.1
@@ -106,8 +113,11 @@ def test_the_set_is_stored_shown_and_counted(store):  # noqa: F811
 
 @pytest.mark.parametrize(
     ("changes", "message"),
-    [({"prediction_set": []}, "prediction set"), ({"prediction_set": ["Cat"]}, "prediction set"),
-     ({"prediction_set": ["Normal", "Normal"]}, "prediction set")],
+    [
+        ({"prediction_set": []}, "prediction set"),
+        ({"prediction_set": ["Cat"]}, "prediction set"),
+        ({"prediction_set": ["Normal", "Normal"]}, "prediction set"),
+    ],
 )
 def test_a_bad_set_is_refused(changes, message):
     with pytest.raises(ValueError, match=message):
@@ -118,12 +128,17 @@ def test_old_rows_read_as_unknown_after_the_migration(tmp_path):
     engine = create_engine(f"sqlite:///{tmp_path / 'reviews.sqlite'}")
     command.upgrade(alembic_config(engine), "0001")
     with engine.begin() as connection:
-        connection.execute(text(
-            "INSERT INTO reviews (review_id, created_at, reviewer, image_sha256, probabilities, "
-            "predicted_class, shown_class, cam_method, model_name, model_version, "
-            "checkpoint_sha256, agrees, heatmap_usefulness, heatmap_wrong_place, note) VALUES "
-            "('old', '2025-11-25 10:00:00', 'dr-a', :sha, '{\"Normal\": 1.0}', 'Normal', "
-            "'Normal', 'Grad-CAM', 'densenet201', 'v1', '', 1, 3, 0, '')"), {"sha": "a" * 64})
+        connection.execute(
+            text(
+                "INSERT INTO reviews (review_id, created_at, reviewer, image_sha256, "
+                "probabilities, predicted_class, shown_class, cam_method, model_name, "
+                "model_version, checkpoint_sha256, agrees, heatmap_usefulness, "
+                "heatmap_wrong_place, note) VALUES "
+                "('old', '2025-11-25 10:00:00', 'dr-a', :sha, '{\"Normal\": 1.0}', 'Normal', "
+                "'Normal', 'Grad-CAM', 'densenet201', 'v1', '', 1, 3, 0, '')"
+            ),
+            {"sha": "a" * 64},
+        )
     engine.dispose()
     opened = ReviewStore.open(tmp_path)  # upgrades to 0002
     (old,) = opened.list()

@@ -1,21 +1,11 @@
-"""The review store against SQLite and a real PostgreSQL server started here (no mocks).
+"""The review store against SQLite and a real PostgreSQL server (no mocks).
 
-The PostgreSQL server comes from Debian's ``postgresql`` package (``/usr/lib/postgresql/*/bin``):
-``initdb`` + ``pg_ctl`` in a temporary folder on a free loopback port. ``initdb`` refuses to run
-as root, so under root (as in CI) the server runs as the ``postgres`` system user. Without the
-binaries the PostgreSQL cases skip, unless ``LUNGCAM_REQUIRE_ALL`` is set (CI), where they fail.
+The server is ``tests/conftest.py``'s ``postgres_server``; each test gets a fresh database.
 """
 
 from __future__ import annotations
 
-import glob
-import os
-import pwd
-import shutil
-import subprocess
-import tempfile
 import threading
-import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -26,7 +16,6 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from PIL import Image
-from sqlalchemy import create_engine, text
 
 from imaging.image import LoadedImage
 from model.config import ModelConfig
@@ -42,65 +31,10 @@ from review.store import (
     pixels_sha256,
     resolve_database_url,
 )
-from serving.runtime import free_port
+from tests.conftest import new_database
 
 LABELS = ["Bacterial Pneumonia", "COVID-19", "Normal", "Tuberculosis", "Viral Pneumonia"]
 PIXELS = np.arange(64 * 80, dtype=np.uint32).reshape(64, 80).astype(np.uint8)
-
-
-def _postgres_binaries() -> Path | None:
-    found = sorted(
-        glob.glob("/usr/lib/postgresql/*/bin/initdb"), key=lambda p: int(Path(p).parents[1].name)
-    )
-    return Path(found[-1]).parent if found else None
-
-
-def _missing(reason: str) -> None:
-    if os.environ.get("LUNGCAM_REQUIRE_ALL"):
-        pytest.fail(f"{reason} (LUNGCAM_REQUIRE_ALL is set, so this is an error)")
-    pytest.skip(reason)
-
-
-@pytest.fixture(scope="session")
-def postgres_server() -> Iterator[str]:
-    """A throwaway PostgreSQL cluster on 127.0.0.1; yields the URL of its ``postgres`` DB."""
-    binaries = _postgres_binaries()
-    if binaries is None:
-        _missing("PostgreSQL binaries not found under /usr/lib/postgresql/*/bin")
-    root = Path(tempfile.mkdtemp(prefix="lungcam-pg-"))  # not pytest's tmp: root-only 0700
-    as_user: list[str] = []
-    if os.geteuid() == 0:  # initdb: "cannot be run as root"
-        owner = pwd.getpwnam("postgres")
-        os.chown(root, owner.pw_uid, owner.pw_gid)
-        as_user = ["runuser", "-u", "postgres", "--"]
-    data, port = root / "data", free_port()
-    options = f"-c listen_addresses=127.0.0.1 -p {port} -c unix_socket_directories='' -c fsync=off"
-
-    def pg(*args: str) -> None:
-        subprocess.run([*as_user, *args], check=True, capture_output=True, text=True)
-
-    try:
-        pg(str(binaries / "initdb"), "-D", str(data), "-U", "lungcam", "--auth=trust", "--no-sync")
-        pg(
-            str(binaries / "pg_ctl"),
-            "-D",
-            str(data),
-            "-l",
-            str(root / "log"),
-            "-o",
-            options,
-            "-w",
-            "-t",
-            "60",
-            "start",
-        )
-    except subprocess.CalledProcessError as err:
-        log = (root / "log").read_text() if (root / "log").exists() else ""
-        shutil.rmtree(root, ignore_errors=True)
-        pytest.fail(f"could not start PostgreSQL: {err.stderr}\n{log}")
-    yield f"postgresql+psycopg://lungcam@127.0.0.1:{port}/postgres"
-    pg(str(binaries / "pg_ctl"), "-D", str(data), "-m", "immediate", "-w", "stop")
-    shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -109,13 +43,7 @@ def store(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch) -> Iterat
     monkeypatch.delenv("DATABASE_URL", raising=False)
     url = None
     if request.param == "postgresql":
-        server = request.getfixturevalue("postgres_server")
-        name = f"reviews_{uuid.uuid4().hex[:12]}"
-        admin = create_engine(server, isolation_level="AUTOCOMMIT")
-        with admin.connect() as connection:
-            connection.execute(text(f'CREATE DATABASE "{name}"'))
-        admin.dispose()
-        url = server.rsplit("/", 1)[0] + f"/{name}"
+        url = new_database(request.getfixturevalue("postgres_server"))
     opened = ReviewStore.open(tmp_path / "data", url)
     yield opened
     opened.close()
