@@ -66,15 +66,25 @@ def decoded_batches(
     """
     batch: list[tuple[Path, LoadedImage]] = []
     for path in paths:
-        try:
-            batch.append((path, load_image(path)))
-        except (ImageInputError, OSError) as err:
-            failed.append((path, str(err)))
+        image = load_or_reason(path)
+        if isinstance(image, str):
+            failed.append((path, image))
+        else:
+            batch.append((path, image))
         if len(batch) == batch_size:
             yield batch
             batch = []
     if batch:
         yield batch
+
+
+def load_or_reason(path: Path) -> LoadedImage | str:
+    """``load_image(path)``, or the reason it cannot be read: what a batch run reports for a bad
+    file instead of stopping (``decoded_batches``, the Ray engine of ``model.predict``)."""
+    try:
+        return load_image(path)
+    except (ImageInputError, OSError) as err:
+        return str(err)
 
 
 def to_grayscale_uint8(image: Image.Image) -> np.ndarray:

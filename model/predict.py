@@ -1,6 +1,7 @@
 """Batch prediction: many chest X-rays → a CSV of calibrated probabilities + Grad-CAM overlays.
 
     python -m model.predict INPUTS... --out DIR [--model PATH] [--batch-size 8]
+    python -m model.predict INPUTS... --out DIR --engine ray [--address ADDR] [--num-gpus N]
 
 INPUTS are files (any format ``load_image`` reads: PNG, JPEG, DICOM …), folders (searched
 recursively for every suffix in ``imaging.image.SUPPORTED_SUFFIXES``) and glob patterns
@@ -11,44 +12,40 @@ chest X-ray — the guard's verdict or a lateral DICOM view — and then ``top_l
 diagnosis; ``prediction_set`` is the conformal set, classes joined by ``|``, empty for a model
 without one; ``lungs_found`` yes/no and ``lung_share_<class>``, the share of each class's
 heatmap on the lung fields, empty when none were found — ``model.lung_share``) and
-``DIR/overlays/<name>.png`` (the top class's heatmap at the image's own resolution).
+``DIR/overlays/<name>.png`` (the top class's heatmap at the image's own resolution; none with
+``--no-overlays``). ``--engine ray`` decodes and predicts on a Ray cluster and writes the same
+files (``model.predict_ray``, docs/SCALE.md); it needs ``pip install -r requirements-scale.txt``.
 
 Exit status: 0 when every input was predicted (warnings included), 1 when some input could
-not be read (the others are still written), 2 for bad arguments (no inputs found, bad flags).
+not be read (the others are still written), 2 for bad arguments (no inputs found, bad flags)
+or a missing optional package (``--engine ray`` without Ray).
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
 import glob
 import sys
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
-from PIL import Image
 from tqdm import tqdm
 
 from imaging.image import SUPPORTED_SUFFIXES
 from imaging.load import decoded_batches
-from imaging.overlay import COLORMAPS, DEFAULT_COLORMAP, DEFAULT_OPACITY, overlay
-from model import lung_share
-from model.ood import headline, input_warnings
-from model.predictor import Prediction, Predictor
+from imaging.overlay import COLORMAPS, DEFAULT_COLORMAP, DEFAULT_OPACITY
+from model.prediction_rows import (
+    CSV_NAME,
+    OVERLAY_DIR,
+    Row,
+    csv_cells,
+    draw_overlay,
+    failures,
+    write_lines,
+)
+from model.predictor import Predictor
 
-CSV_NAME = "predictions.csv"
-OVERLAY_DIR = "overlays"
-
-
-@dataclass
-class Row:
-    """One input's outcome: a prediction and its overlay, or the reason it failed."""
-
-    path: Path
-    prediction: Prediction | None = None
-    overlay: Path | None = None
-    error: str = ""
+RAY_MISSING = "--engine ray needs Ray, not installed here: pip install -r requirements-scale.txt"
 
 
 def expand_inputs(inputs: Iterable[str]) -> list[Path]:
@@ -85,6 +82,13 @@ def overlay_name(path: Path, taken: set[str]) -> str:
     return name
 
 
+def overlay_names(paths: Sequence[Path]) -> list[str]:
+    """Every input's overlay file name, given in input order (failed inputs keep theirs too),
+    so that every engine names the overlays alike."""
+    taken: set[str] = set()
+    return [overlay_name(path, taken) for path in paths]
+
+
 def predict_files(
     predictor: Predictor,
     paths: Sequence[Path],
@@ -93,19 +97,21 @@ def predict_files(
     opacity: float = DEFAULT_OPACITY,
     colormap: str = DEFAULT_COLORMAP,
     progress: bool = True,
+    overlays: bool = True,
 ) -> list[Row]:
     """Predict every file in batches and write overlays under ``out``; one ``Row`` per path."""
     (out / OVERLAY_DIR).mkdir(parents=True, exist_ok=True)
+    names = zip(paths, overlay_names(paths), strict=True)
+    targets = {path: out / OVERLAY_DIR / name for path, name in names}
     rows: dict[Path, Row] = {}
     failed: list[tuple[Path, str]] = []
-    taken: set[str] = set()
     with tqdm(total=len(paths), unit="img", disable=not progress) as bar:
         for batch in decoded_batches(paths, batch_size, failed):
             predictions = predictor.predict_many([image for _, image in batch])
-            for (path, image), prediction in zip(batch, predictions, strict=True):
-                target = out / OVERLAY_DIR / overlay_name(path, taken)
-                heat = prediction.heatmap(prediction.top_index)
-                Image.fromarray(overlay(image.pixels, heat, opacity, colormap)).save(target)
+            for (path, _), prediction in zip(batch, predictions, strict=True):
+                target = targets[path] if overlays else None
+                if target is not None:
+                    draw_overlay(prediction, target, opacity, colormap)
                 rows[path] = Row(path, prediction, target)
             bar.update(len(rows) + len(failed) - bar.n)
         rows.update({path: Row(path, error=reason) for path, reason in failed})
@@ -113,88 +119,91 @@ def predict_files(
     return [rows[path] for path in paths]
 
 
-def write_csv(rows: Sequence[Row], labels: Sequence[str], target: Path) -> None:
-    """One line per input: path, status, warning, top label, conformal set (``|``-joined),
-    each class's calibrated probability, then whether lung fields were found and each class's
-    heatmap share on them."""
-    lungs = lung_share.csv_header(list(labels))
-    with target.open("w", newline="") as handle:
-        writer = csv.writer(handle)
-        header = ["path", "status", "warning", "top_label", "prediction_set", *labels]
-        writer.writerow([*header, "overlay", "error", *lungs])
-        for row in rows:
-            cells = lung_share.csv_cells(row.prediction, len(labels))
-            if row.prediction is None:
-                empty = [""] * len(labels)
-                writer.writerow([row.path, "error", "", "", "", *empty, "", row.error, *cells])
-                continue
-            prediction = row.prediction
-            probabilities = [f"{p:.6f}" for p in prediction.probabilities]
-            warning = warning_cell(prediction)
-            shown = "|".join(prediction.prediction_set or [])
-            writer.writerow(
-                [
-                    row.path,
-                    "ok",
-                    warning,
-                    prediction.top_label,
-                    shown,
-                    *probabilities,
-                    row.overlay,
-                    "",
-                    *cells,
-                ]
-            )
-
-
-def warning_cell(prediction: Prediction) -> str:
-    """The CSV's ``warning``: "" when the image looks like a frontal chest X-ray, else the
-    headline the screen shows instead of the class ("Not a chest X-ray?", "Not a frontal
-    chest X-ray?") and the reasons, so nobody reads ``top_label`` as a diagnosis."""
-    title = headline(prediction.image, prediction.ood)
-    reasons = input_warnings(prediction.image, prediction.ood)
-    if title is None and not reasons:
-        return ""
-    return " ".join([title or "Warning:", *reasons])
-
-
 def main(argv: list[str] | None = None) -> int:
+    """The CLI (see the module docstring); returns the exit status."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("inputs", nargs="+", help="image files, folders or glob patterns")
     parser.add_argument("--out", type=Path, required=True, help="output folder")
     parser.add_argument("--model", help="checkpoint (default: $LUNGCAM_MODEL, else bundled)")
-    parser.add_argument("--device", help="cpu or cuda (default: cuda when available)")
+    parser.add_argument("--device", help="local engine: cpu or cuda (default: cuda if available)")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--opacity", type=float, default=DEFAULT_OPACITY)
     parser.add_argument("--colormap", choices=sorted(COLORMAPS), default=DEFAULT_COLORMAP)
+    parser.add_argument("--no-overlays", action="store_true", help="write the CSV only")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    scale = parser.add_argument_group("Ray engine (docs/SCALE.md)")
+    scale.add_argument("--engine", choices=["local", "ray"], default="local")
+    scale.add_argument("--address", help="Ray cluster to join, e.g. auto or ray://head:10001")
+    scale.add_argument("--num-gpus", type=int, default=0, help="GPU actors, one GPU each")
+    scale.add_argument("--actors", type=int, help="actors (default: --num-gpus, else 1)")
     args = parser.parse_args(argv)
     if args.batch_size < 1:
         parser.error(f"--batch-size must be at least 1; got {args.batch_size}")
+    if args.num_gpus < 0 or (args.actors is not None and args.actors < 1):
+        parser.error(f"need --num-gpus ≥ 0 and --actors ≥ 1; got {args.num_gpus}, {args.actors}")
+    if args.engine == "local" and (args.address or args.num_gpus or args.actors):
+        parser.error("--address, --num-gpus and --actors are for --engine ray")
     try:
         paths = expand_inputs(args.inputs)
     except FileNotFoundError as err:
         parser.error(str(err))
     if not paths:
         parser.error(f"no image files found in {args.inputs}")
-    predictor = Predictor.load(args.model, args.device)
-    rows = predict_files(
-        predictor,
+    if args.engine == "ray":
+        ran = run_ray(args, paths)
+        if ran is None:
+            print(RAY_MISSING, file=sys.stderr)
+            return 2
+        predictor, lines = ran
+    else:
+        predictor = Predictor.load(args.model, args.device)
+        rows = predict_files(
+            predictor,
+            paths,
+            args.out,
+            args.batch_size,
+            args.opacity,
+            args.colormap,
+            progress=not args.no_progress,
+            overlays=not args.no_overlays,
+        )
+        lines = [csv_cells(row, predictor.config.num_classes) for row in rows]
+    return report(lines, predictor, args.out)
+
+
+def run_ray(
+    args: argparse.Namespace, paths: Sequence[Path]
+) -> tuple[Predictor, list[list[str]]] | None:
+    """``--engine ray``: the predictor (loaded here on CPU for its labels and description, and
+    to fail before any worker starts) and every path's CSV cells; None when Ray is missing."""
+    try:
+        from model import predict_ray
+    except ModuleNotFoundError as err:
+        if (err.name or "").partition(".")[0] not in ("ray", "pyarrow"):
+            raise
+        return None
+    predictor = Predictor.load(args.model, "cpu")
+    lines = predict_ray.predict_paths(
+        predict_ray.Job(args.model, args.out, args.batch_size, args.opacity, args.colormap),
         paths,
-        args.out,
-        args.batch_size,
-        args.opacity,
-        args.colormap,
+        None if args.no_overlays else overlay_names(paths),
+        predict_ray.Pool(args.num_gpus, args.actors, args.address),
         progress=not args.no_progress,
     )
-    write_csv(rows, predictor.config.label_names, args.out / CSV_NAME)
-    failed = [row for row in rows if row.prediction is None]
+    return predictor, lines
+
+
+def report(lines: Sequence[Sequence[str]], predictor: Predictor, out: Path) -> int:
+    """Write ``out/predictions.csv``, print the summary and each failure; the exit status."""
+    labels = predictor.config.label_names
+    write_lines(lines, labels, out / CSV_NAME)
+    failed = failures(lines, labels)
     print(
-        f"{len(rows) - len(failed)} of {len(rows)} images predicted with "
-        f"{predictor.description}; results in {args.out / CSV_NAME}"
+        f"{len(lines) - len(failed)} of {len(lines)} images predicted with "
+        f"{predictor.description}; results in {out / CSV_NAME}"
     )
-    for row in failed:
-        print(f"  failed: {row.path}: {row.error}", file=sys.stderr)
+    for path, reason in failed:
+        print(f"  failed: {path}: {reason}", file=sys.stderr)
     return 1 if failed else 0
 
 

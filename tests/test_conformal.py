@@ -23,7 +23,7 @@ from model.conformal import (
     set_caption,
     true_class_scores,
 )
-from model.predict import Row, write_csv
+from model.prediction_rows import Row, write_csv
 from model.predictor import Predictor
 from tests.conftest import lung5_images
 from training.calibrate import main as calibrate_main

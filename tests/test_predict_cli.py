@@ -193,3 +193,19 @@ def test_csv_warns_for_a_colour_photo_and_a_lateral_dicom_but_not_a_film(tiny_ch
     assert "colour" in rows["photo.png"]["warning"]
     assert rows["side.dcm"]["warning"].startswith("Not a frontal chest X-ray?")
     assert "lateral" in rows["side.dcm"]["warning"]
+
+
+def test_no_overlays_writes_the_csv_only(inputs, tiny_checkpoint, tmp_path):
+    out = tmp_path / "out"
+    argv = [str(inputs["pngs"]), "--out", str(out), "--model", str(tiny_checkpoint)]
+    assert main([*argv, "--no-overlays", "--no-progress"]) == 0
+    assert [row["overlay"] for row in read_rows(out)] == ["", ""]
+    assert not any((out / "overlays").iterdir())
+
+
+@pytest.mark.parametrize("flag", [["--num-gpus", "1"], ["--address", "auto"], ["--actors", "2"]])
+def test_ray_flags_without_the_ray_engine_are_refused(inputs, tmp_path, capsys, flag):
+    with pytest.raises(SystemExit) as exit_:
+        main([str(inputs["pngs"]), "--out", str(tmp_path), *flag])
+    assert exit_.value.code == 2
+    assert "are for --engine ray" in capsys.readouterr().err
