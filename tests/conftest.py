@@ -55,6 +55,25 @@ def real_image() -> Path:
     return lung5_images("test")[3]  # a 512×512 TBX11K radiograph
 
 
+# Folder spellings from other public copies of these datasets.
+VARIANT_FOLDERS = ["BACTERIAL PNEUMONIA", "covid-19", "NORMAL", "Tuberculosis", "viral_pneumonia"]
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """train/val folders with 3 + 2 real images per class, odd folder names, one broken file."""
+    root = tmp_path_factory.mktemp("data")
+    for split, count in (("train", 3), ("val", 2)):
+        sources = lung5_images(split, per_class=count)
+        for k, folder in enumerate(VARIANT_FOLDERS):
+            target = root / split / folder
+            target.mkdir(parents=True)
+            for path in sources[k * count : (k + 1) * count]:
+                shutil.copy(path, target / path.name)
+    (root / "train" / "NORMAL" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
+    return root
+
+
 def make_checkpoint(folder: Path, image_size: int = 64, seed: int = 0) -> Path:
     """A random-weight checkpoint in the app's format (small input, so tests stay fast)."""
     torch.manual_seed(seed)

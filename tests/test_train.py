@@ -17,24 +17,6 @@ from tests.conftest import lung5_images
 from training import train as trainer
 from training.data import XrayDataset, class_index_of, load_splits, scan_class_folders
 
-# Folder spellings from other public copies of these datasets.
-VARIANT_FOLDERS = ["BACTERIAL PNEUMONIA", "covid-19", "NORMAL", "Tuberculosis", "viral_pneumonia"]
-
-
-@pytest.fixture(scope="module")
-def tiny_data(tmp_path_factory):
-    """train/val folders with 3 + 2 real images per class, odd folder names, one broken file."""
-    root = tmp_path_factory.mktemp("data")
-    for split, count in (("train", 3), ("val", 2)):
-        sources = lung5_images(split, per_class=count)
-        for k, folder in enumerate(VARIANT_FOLDERS):
-            target = root / split / folder
-            target.mkdir(parents=True)
-            for path in sources[k * count : (k + 1) * count]:
-                shutil.copy(path, target / path.name)
-    (root / "train" / "NORMAL" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
-    return root
-
 
 def _args(data, out, *extra):
     return trainer.parse_args(

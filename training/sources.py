@@ -7,13 +7,16 @@ only help if the rarer sources are seen often enough, hence ``--balance class-so
 
     splits = load_folders(["../shared/data/lung5", "../shared/data/lung5-extra"])
     sampler = make_sampler(splits["train"], "class-source", num_samples=len(splits["train"]))
+
+Under ``torchrun`` each process samples its share of that stream (``RankShareSampler``).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import itertools
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Protocol
 
@@ -130,6 +133,47 @@ def make_sampler(
         return RandomSampler(range(len(records)), num_samples=num_samples, generator=generator)
     weights = torch.as_tensor(balance_weights(records, mode), dtype=torch.double)
     return WeightedRandomSampler(weights, num_samples, replacement=True, generator=generator)
+
+
+class RankShareSampler(Sampler[int]):
+    """One process's share of ``make_sampler``'s stream, for training on several processes.
+
+    Every rank draws the same stream (same ``records``, ``mode`` and ``seed + epoch``) of
+    ``num_samples`` rounded up to a multiple of ``world_size``, and keeps every
+    ``world_size``-th index from its ``rank``: the shares partition the stream, so the
+    class × source balance holds over all ranks and, as the stream is exchangeable, on each
+    rank too; every rank gets the same number of draws, so no rank waits for a missing batch.
+    Call ``set_epoch`` before each epoch for a fresh stream (the same on every rank).
+    """
+
+    def __init__(
+        self,
+        records: Sequence[Labelled],
+        mode: str,
+        num_samples: int,
+        rank: int,
+        world_size: int,
+        seed: int = 0,
+    ) -> None:
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank must be in [0, {world_size}); got {rank}")
+        self.records, self.mode, self.seed = records, mode, seed
+        self.rank, self.world_size = rank, world_size
+        self.per_rank = -(-num_samples // world_size)  # ceil
+        self.epoch = 0
+        make_sampler(records, mode, num_samples, seed)  # check the arguments up front
+
+    def set_epoch(self, epoch: int) -> None:
+        """Draw the stream of ``seed + epoch`` next (every rank must pass the same epoch)."""
+        self.epoch = epoch
+
+    def __iter__(self) -> Iterator[int]:
+        total = self.per_rank * self.world_size
+        stream = make_sampler(self.records, self.mode, total, self.seed + self.epoch)
+        return itertools.islice(iter(stream), self.rank, None, self.world_size)
+
+    def __len__(self) -> int:
+        return self.per_rank
 
 
 def loss_class_weights(

@@ -12,6 +12,14 @@ few adult normals and hospital COVID-19 images are not drowned by one-source cla
 sampler then does all the balancing and the loss is unweighted; only ``--balance loss``
 (uniform shuffle) weighs the loss by inverse class frequency — never both, or rare classes
 would be up-weighted twice.
+
+On several processes (CPU or one GPU each) the same command runs under ``torchrun``:
+
+    torchrun --nproc_per_node 2 -m training.train --data ../shared/data/lung5 --out runs/ddp
+
+``--batch-size`` stays the global batch (each of N processes takes 1/N of it), gradients are
+averaged over processes (``training.distributed``), each process draws its share of the same
+balanced stream, and rank 0 alone validates, logs and writes checkpoints.
 """
 
 from __future__ import annotations
@@ -23,26 +31,28 @@ import random
 import shlex
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
 from sklearn.metrics import f1_score
 from torch import nn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from model.checkpoint import load_checkpoint, save_checkpoint
 from model.config import ModelConfig
 from model.network import create_network
-from model.predictor import pick_device
 from model.segmenter import LungSegmenter
 from model.transforms import CropBox, build_transform, lung_box
 from training.calibrate import fit_temperature
 from training.data import XrayDataset, class_counts, subsample
+from training.distributed import Ranks, process_group
 from training.sources import (
     BALANCE_MODES,
+    Labelled,
+    RankShareSampler,
     describe_cells,
     load_folders,
     loss_class_weights,
@@ -65,7 +75,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     add("--out", required=True, help="output folder: best/ checkpoint, last.pt, metrics.jsonl")
     add("--image-size", type=int, default=224)
-    add("--batch-size", type=int, default=32)
+    add(
+        "--batch-size",
+        type=int,
+        default=32,
+        help="global batch: under torchrun each of N processes takes 1/N of it",
+    )
     add("--head-epochs", type=int, default=1, help="stage 1 epochs (backbone frozen)")
     add("--head-lr", type=float, default=1e-3)
     add("--head-lr-final", type=float, default=3e-4)
@@ -118,7 +133,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("--resume", action="store_true", help="continue from OUT/last.pt")
     add("--seed", type=int, default=0)
     add("--workers", type=int, default=2)
-    add("--device", default=None)
+    add("--device", default=None, help="cuda or cpu (default: cuda when available)")
     add("--no-amp", action="store_true", help="disable bf16 autocast on CUDA")
     add("--half", action="store_true", help="save the best weights in fp16")
     add("--max-minutes", type=float, default=0, help="stop after this long (0: no limit)")
@@ -172,10 +187,13 @@ def train_one_epoch(
     loss_fn: nn.Module,
     device: torch.device,
     amp: bool,
+    progress: bool = True,
 ) -> float:
+    """One pass over ``loader``; the mean training loss. ``model`` may be DDP-wrapped
+    (``Ranks.wrap``), which averages the gradients over ranks in ``backward``."""
     set_train_mode(model)
     total, seen = 0.0, 0
-    for images, labels in tqdm(loader, desc=stage, leave=False, disable=None):
+    for images, labels in tqdm(loader, desc=stage, leave=False, disable=None if progress else True):
         images = images.to(device, non_blocking=True)
         labels = labels.to(device, non_blocking=True)
         if device.type == "cuda":
@@ -228,12 +246,44 @@ def lung_framing(
     return framing
 
 
+def make_train_loader(
+    dataset: Dataset,
+    records: Sequence[Labelled],
+    args: argparse.Namespace,
+    ranks: Ranks,
+    **loader_kw: object,
+) -> DataLoader:
+    """This rank's training loader for ``--balance``, ``--samples-per-epoch`` and
+    ``--batch-size``, the last two counted over all ranks: each rank takes 1/N of the global
+    batch from its share of the one balanced stream (``RankShareSampler``)."""
+    batch = ranks.split(args.batch_size)
+    draws = args.samples_per_epoch or len(records)
+    sampler = (
+        RankShareSampler(records, args.balance, draws, ranks.rank, ranks.world_size, args.seed)
+        if ranks.active
+        else make_sampler(records, args.balance, draws, args.seed)
+    )
+    # drop_last: equal full batches on every rank, but no empty epoch on tiny sets
+    return DataLoader(dataset, batch, sampler=sampler, drop_last=len(sampler) > batch, **loader_kw)
+
+
 def train(args: argparse.Namespace) -> Path:
-    """Run both stages, keep the best val macro-F1 weights, fit the temperature, save."""
+    """Run both stages, keep the best val macro-F1 weights, fit the temperature, save.
+
+    Under ``torchrun`` every rank trains its share and rank 0 alone validates, logs and
+    writes; every rank returns once the checkpoint is saved."""
+    with process_group(args.device) as ranks:
+        return _train(args, ranks)
+
+
+def _train(args: argparse.Namespace, ranks: Ranks) -> Path:
+    ranks.split(args.batch_size)  # an uneven global batch fails before the images are decoded
+    if not ranks.main:
+        log.setLevel(logging.WARNING)  # rank 0 logs for all
     random.seed(args.seed)
     np.random.seed(args.seed)
     torch.manual_seed(args.seed)
-    device = pick_device(args.device)
+    device = ranks.device
     amp = device.type == "cuda" and not args.no_amp
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -270,14 +320,7 @@ def train(args: argparse.Namespace) -> Path:
         pin_memory=device.type == "cuda",
         persistent_workers=args.workers > 0,
     )
-    draws = args.samples_per_epoch or len(train_set)
-    train_loader = DataLoader(
-        train_set,
-        args.batch_size,
-        sampler=make_sampler(train_set.records, args.balance, draws, args.seed),
-        drop_last=draws > args.batch_size,  # no empty epoch on tiny sets
-        **loader_kw,
-    )
+    train_loader = make_train_loader(train_set, train_set.records, args, ranks, **loader_kw)
     val_loader = DataLoader(val_set, args.batch_size * 2, **loader_kw)
     counts = class_counts(train_set.records, config.num_classes)
     weights = loss_class_weights(train_set.records, config.num_classes, args.balance)
@@ -291,16 +334,17 @@ def train(args: argparse.Namespace) -> Path:
         else None
     )
     log.info(
-        "train %s, val %d images, skipped %d unreadable",
+        "train %s, val %d images, skipped %d unreadable; %d process(es)",
         counts.tolist(),
         len(val_set),
         len(train_set.skipped) + len(val_set.skipped),
+        ranks.world_size,
     )
 
     state = {"stage": 0, "epoch": 0, "best_f1": -1.0, "stale": 0}
     last_path = out / "last.pt"
     resume = (
-        torch.load(last_path, map_location="cpu", weights_only=True)
+        torch.load(last_path, map_location=device, weights_only=True)
         if args.resume and last_path.exists()
         else None
     )
@@ -309,10 +353,12 @@ def train(args: argparse.Namespace) -> Path:
         state = {k: resume[k] for k in state}
     started = time.monotonic()
     plan = [("head", args.head_epochs), ("full", args.epochs)]
+    out_of_time = False
     for stage_index, (stage, epochs) in enumerate(plan):
         if stage_index < state["stage"] or epochs == 0:
             continue
         params = set_stage(model, stage, args.freeze_blocks)
+        net = ranks.wrap(model)  # after set_stage: DDP reduces what requires grad now
         optimizer, scheduler = make_optimizer(params, stage, args, epochs * len(train_loader))
         first_epoch = 0
         if resume and stage_index == resume["stage"]:
@@ -320,64 +366,84 @@ def train(args: argparse.Namespace) -> Path:
             scheduler.load_state_dict(resume["scheduler"])
             first_epoch = resume["epoch"]
         state["stale"] = 0 if not resume or stage_index != resume["stage"] else state["stale"]
-        for epoch in tqdm(range(first_epoch, epochs), desc=f"stage {stage}", disable=None):
+        earlier_epochs = sum(n for _, n in plan[:stage_index])
+        for epoch in tqdm(
+            range(first_epoch, epochs), desc=f"stage {stage}", disable=None if ranks.main else True
+        ):
+            if isinstance(train_loader.sampler, RankShareSampler):
+                train_loader.sampler.set_epoch(earlier_epochs + epoch)
             loss = train_one_epoch(
-                model, train_loader, stage, optimizer, scheduler, loss_fn, device, amp
+                net, train_loader, stage, optimizer, scheduler, loss_fn, device, amp, ranks.main
             )
-            logits, labels = collect_logits(model, val_loader, device, amp)
-            macro_f1 = float(f1_score(labels, logits.argmax(1), average="macro"))
-            improved = macro_f1 > state["best_f1"]
-            if improved:
-                state["best_f1"], state["stale"] = macro_f1, 0
-                save_checkpoint(model, config, out / "best")
-            else:
-                state["stale"] += 1
+            loss = ranks.average(loss)
             state.update(stage=stage_index, epoch=epoch + 1)
-            record = {
-                "stage": stage,
-                "epoch": epoch + 1,
-                "train_loss": round(loss, 5),
-                "val_macro_f1": round(macro_f1, 5),
-                "val_accuracy": round(float((logits.argmax(1) == labels).mean()), 5),
-                "lr": scheduler.get_last_lr()[0],
-                "minutes": round((time.monotonic() - started) / 60, 2),
-            }
-            with open(out / "metrics.jsonl", "a") as fh:
-                fh.write(json.dumps(record) + "\n")
-            log.info("%s", record)
-            torch.save(
-                {
-                    "model": model.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(),
-                    **state,
-                },
-                last_path,
-            )
-            out_of_time = args.max_minutes and (time.monotonic() - started) / 60 > args.max_minutes
+            if ranks.main:
+                logits, labels = collect_logits(model, val_loader, device, amp)
+                macro_f1 = float(f1_score(labels, logits.argmax(1), average="macro"))
+                improved = macro_f1 > state["best_f1"]
+                if improved:
+                    state["best_f1"], state["stale"] = macro_f1, 0
+                    save_checkpoint(model, config, out / "best")
+                else:
+                    state["stale"] += 1
+                record = {
+                    "stage": stage,
+                    "epoch": epoch + 1,
+                    "train_loss": round(loss, 5),
+                    "val_macro_f1": round(macro_f1, 5),
+                    "val_accuracy": round(float((logits.argmax(1) == labels).mean()), 5),
+                    "lr": scheduler.get_last_lr()[0],
+                    "minutes": round((time.monotonic() - started) / 60, 2),
+                }
+                with open(out / "metrics.jsonl", "a") as fh:
+                    fh.write(json.dumps(record) + "\n")
+                log.info("%s", record)
+                torch.save(
+                    {
+                        "model": model.state_dict(),
+                        "optimizer": optimizer.state_dict(),
+                        "scheduler": scheduler.state_dict(),
+                        **state,
+                    },
+                    last_path,
+                )
+                out_of_time = bool(
+                    args.max_minutes and (time.monotonic() - started) / 60 > args.max_minutes
+                )
+            # rank 0 decides for all, so every rank stops at the same epoch
+            state, out_of_time = ranks.share((state, out_of_time))
             if state["stale"] >= args.patience or out_of_time:
                 log.info(
                     "stopping %s: %s", stage, "time budget" if out_of_time else "no improvement"
                 )
                 break
         state.update(stage=stage_index + 1, epoch=0)
-        if args.max_minutes and (time.monotonic() - started) / 60 > args.max_minutes:
+        if out_of_time:
             break
-    return finalize(out / "best", val_loader, device, args)
+    if ranks.main:
+        finalize(out / "best", val_loader, device, args, ranks.world_size)
+    ranks.barrier()
+    return out / "best"
 
 
 def finalize(
-    best: Path, val_loader: DataLoader, device: torch.device, args: argparse.Namespace
+    best: Path,
+    val_loader: DataLoader,
+    device: torch.device,
+    args: argparse.Namespace,
+    processes: int = 1,
 ) -> Path:
-    """Fit the temperature on validation logits of the best weights and re-save them."""
+    """Fit the temperature on validation logits of the best weights and re-save them;
+    ``summary.json`` records the command (``torchrun`` when ``processes`` > 1)."""
     model, config = load_checkpoint(best, device)
     logits, labels = collect_logits(model, val_loader, device, amp=False)
     config.temperature = fit_temperature(logits, labels)
     config.trained = True
     config.version = args.version or f"lung5-{time.strftime('%Y%m%d')}-{config.image_size[0]}px"
     save_checkpoint(model, config, best, half=args.half)
+    launcher = f"torchrun --nproc_per_node {processes}" if processes > 1 else "python"
     summary = {
-        "command": "python -m training.train " + shlex.join(sys.argv[1:]),
+        "command": launcher + " -m training.train " + shlex.join(sys.argv[1:]),
         "temperature": config.temperature,
         "version": config.version,
         "val_macro_f1": float(f1_score(labels, logits.argmax(1), average="macro")),
