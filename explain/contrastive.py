@@ -21,8 +21,6 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from pytorch_grad_cam import FinerCAM
-from pytorch_grad_cam.utils.model_targets import FinerWeightedTarget
 
 from explain.methods import private_model, to_image
 from model.predictor import Prediction, Predictor
@@ -68,6 +66,9 @@ def contrast(
         raise ValueError(
             f"unknown contrastive method {method!r}; choose one of {CONTRASTIVE_METHODS}"
         )
+    from pytorch_grad_cam import FinerCAM  # on first use: see explain.methods.METHODS
+    from pytorch_grad_cam.utils.model_targets import FinerWeightedTarget
+
     box = prediction.box or CropBox.whole(prediction.image.pixels)
     batch = predictor.batch([prediction.image], [box])
     with private_model(predictor) as model:

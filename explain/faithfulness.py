@@ -20,8 +20,6 @@ from collections.abc import Callable, Sequence
 import cv2
 import numpy as np
 import torch
-from pytorch_grad_cam.metrics.road import ROADCombined
-from pytorch_grad_cam.utils.model_targets import ClassifierOutputSoftmaxTarget
 from torch import nn
 
 from imaging.image import LoadedImage
@@ -49,6 +47,8 @@ def road_batch(
         raise ValueError(
             f"cams must be (B, h, w) = {(batch.shape[0], *batch.shape[-2:])}; got {cams.shape}"
         )
+    from pytorch_grad_cam.metrics.road import ROADCombined  # on first use: explain.methods
+
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(ROAD_SEED)
         scores = ROADCombined(percentiles=list(percentiles))(
@@ -78,7 +78,10 @@ def road_score(
     batch = predictor.batch([image], [box])
     seen = np.float32(box.apply(heatmap))
     cam = cv2.resize(seen, (width, height), interpolation=cv2.INTER_AREA)
-    target = target or ClassifierOutputSoftmaxTarget(class_index)
+    if target is None:
+        from pytorch_grad_cam.utils.model_targets import ClassifierOutputSoftmaxTarget
+
+        target = ClassifierOutputSoftmaxTarget(class_index)
     return float(road_batch(predictor.model, batch, cam[None], [target], percentiles)[0])
 
 

@@ -26,35 +26,31 @@ import time
 import weakref
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
-from pytorch_grad_cam import (
-    EigenCAM,
-    GradCAM,
-    GradCAMPlusPlus,
-    HiResCAM,
-    LayerCAM,
-    ScoreCAM,
-    XGradCAM,
-)
-from pytorch_grad_cam.base_cam import BaseCAM
-from pytorch_grad_cam.utils.image import scale_cam_image
-from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from torch import nn
 
 from imaging.image import LoadedImage
+from model.cam import scale_cam
 from model.predictor import Prediction, Predictor
 from model.transforms import CropBox
 
-METHODS: dict[str, type[BaseCAM]] = {
-    "Grad-CAM": GradCAM,
-    "Grad-CAM++": GradCAMPlusPlus,
-    "HiResCAM": HiResCAM,
-    "XGrad-CAM": XGradCAM,
-    "LayerCAM": LayerCAM,
-    "EigenCAM": EigenCAM,
-    "Score-CAM": ScoreCAM,
+if TYPE_CHECKING:
+    from pytorch_grad_cam.base_cam import BaseCAM
+
+# Each method's class in pytorch-grad-cam, by name. The library is imported on first use, not
+# at start-up: its package import loads every method, scikit-learn and matplotlib, while the
+# default view (Grad-CAM of the last block) is the predictor's own maps (docs/BENCHMARKS.md).
+METHODS: dict[str, str] = {
+    "Grad-CAM": "GradCAM",
+    "Grad-CAM++": "GradCAMPlusPlus",
+    "HiResCAM": "HiResCAM",
+    "XGrad-CAM": "XGradCAM",
+    "LayerCAM": "LayerCAM",
+    "EigenCAM": "EigenCAM",
+    "Score-CAM": "ScoreCAM",
 }
 DEFAULT_METHOD = "Grad-CAM"
 TARGET_LAYERS: tuple[str, ...] = tuple(f"features.denseblock{i}" for i in range(1, 5))
@@ -82,9 +78,11 @@ def library_cam(
     The library puts the model in eval mode; its previous train/eval state is restored.
     ``batch_size`` is how many masked images Score-CAM sends through the model at once.
     """
+    import pytorch_grad_cam
+
     check_choice(method, target_layer)
     was_training = model.training
-    cam = METHODS[method](model, [model.get_submodule(target_layer)])
+    cam = getattr(pytorch_grad_cam, METHODS[method])(model, [model.get_submodule(target_layer)])
     cam.batch_size = batch_size  # read by ScoreCAM only
     try:
         yield cam
@@ -117,6 +115,8 @@ def cam_batch(
     batch_size: int = SCORE_CAM_BATCH,
 ) -> np.ndarray:
     """(B, 3, h, w) input, one class per image → (B, h, w) maps in [0, 1] from pytorch-grad-cam."""
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
     if len(class_indices) != len(batch):
         raise ValueError(f"{len(batch)} images need as many classes; got {len(class_indices)}")
     targets = [ClassifierOutputTarget(int(k)) for k in class_indices]
@@ -165,8 +165,8 @@ def to_image(cam: np.ndarray, box: CropBox, size: tuple[int, int]) -> np.ndarray
     """A [0, 1] map at network resolution → [0, 1] map over the image of ``size`` = (W, H),
     0 outside ``box``, the part of the image the network saw."""
     if box.size == size:
-        return scale_cam_image(cam[None], size)[0]
-    return box.paste(scale_cam_image(cam[None], box.size)[0], size)
+        return scale_cam(cam, size)
+    return box.paste(scale_cam(cam, box.size), size)
 
 
 def score_cam_seconds(predictor: Predictor, target_layer: str, probe_images: int = 4) -> float:

@@ -1,5 +1,8 @@
 """Our all-class Grad-CAM equals pytorch-grad-cam's GradCAM, class by class."""
 
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -7,11 +10,11 @@ from pytorch_grad_cam import GradCAM
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
 from imaging.load import load_image
-from model.cam import AllClassGradCAM, normalise_cam
+from model.cam import AllClassGradCAM, normalise_cam, scale_cam
 from model.config import ModelConfig
 from model.network import create_network
 from model.predictor import Predictor
-from tests.conftest import BUNDLED_MODEL, lung5_images
+from tests.conftest import BUNDLED_MODEL, REPO, lung5_images
 
 
 def _reference_maps(model, batch, layer):
@@ -90,3 +93,26 @@ def test_temperature_scales_confidence_not_ranking(tiny_checkpoint, real_image):
     assert p_hot.top_index == p_cold.top_index
     assert p_cold.probabilities.max() < p_hot.probabilities.max()
     np.testing.assert_allclose(p_hot.raw_cams, p_cold.raw_cams)
+
+
+@pytest.mark.parametrize("size", [None, (224, 224), (300, 97)])
+def test_scale_cam_equals_the_librarys_scale_cam_image(size):
+    """Our copy of pytorch-grad-cam's ``scale_cam_image`` (kept to spare start-up the library
+    import) gives the library's numbers, for a map with a negative part and a flat one."""
+    from pytorch_grad_cam.utils.image import scale_cam_image
+
+    rng = np.random.default_rng(0)
+    for cam in (rng.normal(0, 3, (7, 7)).astype(np.float32), np.full((7, 7), 2.5, np.float32)):
+        ours = scale_cam(cam, size)
+        np.testing.assert_array_equal(ours, scale_cam_image(cam[None], size)[0])
+        assert ours.dtype == np.float32
+
+
+def test_the_app_starts_without_importing_pytorch_grad_cam():
+    """The served path needs none of the library: importing it (every method, scikit-learn,
+    matplotlib) waits for the first Explain request that asks for another method."""
+    code = "import sys, app; print(sorted({'pytorch_grad_cam', 'sklearn'} & set(sys.modules)))"
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True
+    )
+    assert result.stdout.strip() == "[]"
