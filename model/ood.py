@@ -1,6 +1,6 @@
 """Is this a frontal chest X-ray? A warning, never a refusal, when an upload looks foreign.
 
-Three signals, all cheap at serving time:
+Five signals, all cheap at serving time:
 
 1. **Feature distance** on the pooled 1920-d DenseNet features of the same forward pass that
    gives the prediction. The features are projected onto the top principal components of
@@ -9,17 +9,23 @@ Three signals, all cheap at serving time:
    Out-of-Distribution Samples and Adversarial Attacks", NeurIPS 2018), together with the
    norm of the residual outside that subspace (as in ViM, Wang et al., CVPR 2022). Each
    warns above its ``quantile`` on the validation split.
-2. **Colour**: the mean saturation of the upload before it was turned gray.
-3. **Shape**: an aspect ratio no chest radiograph has.
-4. **No lung fields**: the lung segmenter (``model.segmenter``) found no lungs, while the
+2. **Whole-image distance**: the same statistics on the lung segmenter's pooled encoder
+   features (``LungMask.features``). The classifier sees only the lung crop, so a hand or a
+   CT slice whose "lungs" the segmenter draws can look like a chest to it; the segmenter
+   sees the whole image. Fitted for one segmenter's weights (its sha256 is stored).
+3. **Colour**: the mean saturation of the upload before it was turned gray.
+4. **Shape**: an aspect ratio no chest radiograph has.
+5. **No lung fields**: the lung segmenter (``model.segmenter``) found no lungs, while the
    feature score is above ``NO_LUNGS_SCORE`` (further evidence, measured in docs/INPUTS.md).
 
-The fitted statistics travel in the checkpoint's ``config.json`` (``lungcam.ood``); they are
-fitted and measured offline by ``training.ood_fit``::
+The fitted statistics travel in the checkpoint's ``config.json`` (``lungcam.ood``, the
+whole-image ones under ``lungcam.ood.whole_image``); they are fitted and measured offline by
+``training.ood_fit``::
 
-    python -m training.ood_fit fit --model assets/model --data ../shared/data/lung5 \
-        --max-per-class 300
-    python -m training.ood_fit measure --model assets/model --data ../shared/data/lung5
+    python -m training.ood_fit fit --model assets/model \
+        --data ../shared/data/lung5 ../shared/data/lung5-extra --max-per-class 300
+    python -m training.ood_fit measure --model assets/model \
+        --data ../shared/data/lung5 ../shared/data/lung5-extra
 """
 
 from __future__ import annotations
@@ -54,10 +60,13 @@ class OODCheck:
 
     ``score`` is the larger feature score over its threshold (> 1 warns); ``None`` when the
     checkpoint carries no fitted statistics (then only colour and shape are checked).
+    ``whole_image_score`` is the same for the segmenter's view of the whole image (``None``
+    without a segmenter or its fitted statistics).
     """
 
     reasons: list[str] = field(default_factory=list)
     score: float | None = None
+    whole_image_score: float | None = None
 
     @property
     def warn(self) -> bool:
@@ -74,6 +83,11 @@ class FeatureStats:
     precision: np.ndarray  # (k, k)
     distance_threshold: float
     residual_threshold: float
+
+    def score(self, features: np.ndarray) -> float:
+        """One image's (D,) features → the larger of its two scores over their thresholds."""
+        distance, residual = (float(v[0]) for v in self.scores(features))
+        return max(distance / self.distance_threshold, residual / self.residual_threshold)
 
     def scores(self, features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(N, D) features → (Mahalanobis distance to the nearest class, residual norm), (N,)."""
@@ -119,6 +133,27 @@ def load_feature_stats(ood: dict[str, Any] | None) -> FeatureStats | None:
     return FeatureStats.from_dict(ood) if ood else None
 
 
+def load_whole_image_stats(
+    ood: dict[str, Any] | None, segmenter_sha256: str | None
+) -> FeatureStats | None:
+    """The ``ood.whole_image`` section for the segmenter whose weights have ``segmenter_sha256``.
+
+    None when it was not fitted or no segmenter is loaded. Statistics fitted on another
+    segmenter's features would score nonsense, so a mismatch is an error naming the refit.
+    """
+    section = (ood or {}).get("whole_image")
+    if not section or segmenter_sha256 is None:
+        return None
+    fitted_for = section.get("segmenter_sha256", "")
+    if fitted_for != segmenter_sha256:
+        raise ValueError(
+            f"the guard's whole-image statistics were fitted for segmenter weights "
+            f"{fitted_for[:12] or 'unknown'}…, but the loaded segmenter's are "
+            f"{segmenter_sha256[:12]}…; refit with `python -m training.ood_fit fit`"
+        )
+    return FeatureStats.from_dict(section)
+
+
 def check_image(image: LoadedImage) -> list[str]:
     """The cheap checks that need no model: colour saturation and aspect ratio."""
     reasons = []
@@ -141,26 +176,34 @@ def assess(
     stats: FeatureStats | None,
     lungs: LungMask | None = None,
     no_lungs_score: float = NO_LUNGS_SCORE,
+    whole_image_stats: FeatureStats | None = None,
 ) -> OODCheck:
     """Combine the cheap checks, the feature scores and the lung fields for one image.
 
-    ``lungs`` is the segmenter's answer (None: no segmenter loaded, nothing is concluded).
-    "No lung fields found" is a reason when the feature score exceeds ``no_lungs_score`` (or
-    there is no score).
+    ``lungs`` is the segmenter's answer (None: no segmenter loaded, nothing is concluded);
+    its ``features`` are scored with ``whole_image_stats``. "No lung fields found" is a
+    reason when the feature score exceeds ``no_lungs_score`` (or there is no score).
     """
     reasons = check_image(image)
     score = None
     if stats is not None and features is not None:
-        distance, residual = (float(v[0]) for v in stats.scores(features))
-        score = max(distance / stats.distance_threshold, residual / stats.residual_threshold)
+        score = stats.score(features)
         if score > 1:
             reasons.append(
                 f"the model's features are far from its training X-rays "
                 f"(score {score:.1f}; above 1 is unusual for chest X-rays)"
             )
+    whole_score = None
+    if whole_image_stats is not None and lungs is not None and lungs.features is not None:
+        whole_score = whole_image_stats.score(lungs.features)
+        if whole_score > 1:
+            reasons.append(
+                f"seen whole, it is unlike the chest X-rays the lung segmenter knows "
+                f"(score {whole_score:.1f}; above 1 is unusual for chest X-rays)"
+            )
     if no_lungs_warns(None if lungs is None else lungs.found, score, no_lungs_score):
         reasons.append(NO_LUNGS_REASON)
-    return OODCheck(reasons, score)
+    return OODCheck(reasons, score, whole_score)
 
 
 def no_lungs_warns(

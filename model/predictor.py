@@ -21,7 +21,7 @@ from model.cam import AllClassGradCAM, normalise_cam
 from model.checkpoint import load_checkpoint
 from model.config import CONFIG_FILE, ModelConfig, calibrated_softmax, class_index
 from model.network import create_network
-from model.ood import OODCheck, assess, load_feature_stats
+from model.ood import OODCheck, assess, load_feature_stats, load_whole_image_stats
 from model.segmenter import DEFAULT_SEGMENTER, LungMask, LungSegmenter, heatmap_share_on_lungs
 from model.transforms import CropBox, build_transform, lung_box, to_tensor
 
@@ -189,6 +189,9 @@ class Predictor:
         self.device = device
         self.transform = build_transform(config, train=False)
         self.ood_stats = load_feature_stats(config.ood)  # None until `training.ood_fit fit`
+        self.whole_image_stats = load_whole_image_stats(
+            config.ood, segmenter.config.weights_sha256 if segmenter else None
+        )
         self.cam = AllClassGradCAM(self.model, config.target_layer, pick_autocast(device, amp))
         if compile:
             self.cam.trunk = torch.compile(self.cam.trunk)
@@ -279,7 +282,13 @@ class Predictor:
                 maps[i],
                 im,
                 features[i],
-                assess(im, features[i], self.ood_stats, lungs[i]),
+                assess(
+                    im,
+                    features[i],
+                    self.ood_stats,
+                    lungs[i],
+                    whole_image_stats=self.whole_image_stats,
+                ),
                 boxes[i],
                 lungs[i],
                 prediction_set=sets.named_set(probabilities[i], self.config.label_names)

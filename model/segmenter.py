@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -112,6 +112,10 @@ class LungMask:
     lung_fraction: float  # share of the image's pixels inside the mask (0 when not found)
     components: int  # connected lung regions kept (0, 1 or 2)
     contrast: float = 0.0  # how much darker the mask is than its surroundings (see config)
+    # The encoder's features of the whole image, each stage averaged over space and joined:
+    # what the not-a-chest-X-ray guard compares with chest X-rays (``model.ood``), since the
+    # classifier itself sees only the lung crop. None when not computed.
+    features: np.ndarray | None = None
 
 
 def create_segmenter_network(config: SegmenterConfig) -> nn.Module:
@@ -255,21 +259,30 @@ class LungSegmenter:
         return self._forward(images)[1]
 
     @torch.inference_mode()
-    def _forward(self, images: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    def _forward(self, images: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(network inputs (N, h, w), lung probabilities (N, h, w), pooled encoder features).
+
+        The network's own forward (smp ``SegmentationModel.forward``: encoder, decoder, head)
+        written out, so the encoder's stages are kept without a hook on a shared module.
+        """
         inputs = np.stack([preprocess(_check_gray(g), self.config) for g in images])
         device = next(self.network.parameters()).device
         with torch_threads(self.threads if device.type == "cpu" else None):
-            logits = self.network(torch.from_numpy(inputs).to(device))
-        return inputs[:, 0], torch.sigmoid(logits)[:, 0].float().cpu().numpy()
+            stages = self.network.encoder(torch.from_numpy(inputs).to(device))
+            logits = self.network.segmentation_head(self.network.decoder(stages))
+        # stages[0] is the input itself; the others are the encoder's feature maps
+        pooled = torch.cat([stage.float().mean(dim=(2, 3)) for stage in stages[1:]], dim=1)
+        probabilities = torch.sigmoid(logits)[:, 0].float().cpu().numpy()
+        return inputs[:, 0], probabilities, pooled.cpu().numpy()
 
     def analyse_many(self, images: Sequence[np.ndarray]) -> list[LungMask]:
         """Segment a batch of (H, W) uint8 images (sizes may differ); one ``LungMask`` each."""
         if not images:
             return []
-        inputs, probs = self._forward(images)
+        inputs, probs, features = self._forward(images)
         return [
-            self._postprocess(prob, image.shape[:2], small)
-            for small, prob, image in zip(inputs, probs, images, strict=True)
+            replace(self._postprocess(prob, image.shape[:2], small), features=pooled)
+            for small, prob, pooled, image in zip(inputs, probs, features, images, strict=True)
         ]
 
     def analyse(self, gray: np.ndarray) -> LungMask:

@@ -122,10 +122,37 @@ def test_assess_with_stats_adds_the_feature_reason(gaussian_stats):
     assert not near.warn and near.score < 1
 
 
-def _lungs(found: bool) -> LungMask:
+def _lungs(found: bool, features: np.ndarray | None = None) -> LungMask:
     mask = np.zeros((100, 100), bool)
     mask[20:80, 10:45] = mask[20:80, 55:90] = found
-    return LungMask(mask, found, float(mask.mean()), 2 if found else 0)
+    return LungMask(mask, found, float(mask.mean()), 2 if found else 0, features=features)
+
+
+def test_assess_scores_the_whole_image_with_the_segmenters_features(gaussian_stats):
+    """The classifier's crop may look like a chest while the whole image does not: the
+    segmenter's features, scored with their own statistics, add their own reason."""
+    stats, _ = gaussian_stats
+    near = stats.mean + stats.class_means[0] @ stats.basis
+    far = stats.mean + 50 * stats.basis[0]
+    check = assess(gray(), near, stats, _lungs(True, far), whole_image_stats=stats)
+    assert check.score < 1 < check.whole_image_score
+    assert len(check.reasons) == 1 and "seen whole" in check.reasons[0]
+    calm = assess(gray(), near, stats, _lungs(True, near), whole_image_stats=stats)
+    assert not calm.warn and calm.whole_image_score < 1
+    # without statistics or without the segmenter's features nothing is concluded
+    assert assess(gray(), near, stats, _lungs(True, far)).whole_image_score is None
+    assert assess(gray(), near, stats, _lungs(True), whole_image_stats=stats).reasons == []
+
+
+def test_whole_image_statistics_belong_to_one_segmenter(gaussian_stats):
+    stats, _ = gaussian_stats
+    ood_section = {"whole_image": stats.to_dict() | {"segmenter_sha256": "a" * 64}}
+    loaded = ood.load_whole_image_stats(ood_section, "a" * 64)
+    np.testing.assert_allclose(loaded.basis, stats.basis, atol=1e-6)
+    assert ood.load_whole_image_stats(ood_section, None) is None  # no segmenter loaded
+    assert ood.load_whole_image_stats({}, "a" * 64) is None  # not fitted
+    with pytest.raises(ValueError, match="refit"):
+        ood.load_whole_image_stats(ood_section, "b" * 64)
 
 
 @pytest.mark.parametrize(
@@ -211,7 +238,11 @@ def test_fit_then_measure_cli(tiny_checkpoint, tmp_path, capsys):
 
     predictor = Predictor.load(str(model), "cpu")
     assert predictor.ood_stats is not None
-    assert predictor.predict(ood_fit.as_upload(np.asarray(gray().pixels))).ood.score > 0
+    whole = section["whole_image"]
+    assert whole["segmenter_sha256"] == predictor.segmenter.config.weights_sha256
+    assert len(whole["basis"]) == 8 and predictor.whole_image_stats is not None
+    check = predictor.predict(ood_fit.as_upload(np.asarray(gray().pixels))).ood
+    assert check.score > 0 and check.whole_image_score > 0
 
     out = tmp_path / "measure.json"
     ood_fit.main(["measure", *data[:4], "--max-per-class", "1", "--json", str(out)])

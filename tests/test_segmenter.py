@@ -10,6 +10,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from imaging.load import load_image
@@ -66,6 +67,24 @@ def test_dice_on_real_lungmask_films(segmenter: LungSegmenter) -> None:
         scores.append(dice(result.mask, truth))
     assert min(scores) >= DICE_FLOOR, scores
     assert np.mean(scores) >= MEAN_DICE_FLOOR, scores
+
+
+def test_written_out_forward_matches_the_network_and_keeps_encoder_features(
+    segmenter: LungSegmenter,
+) -> None:
+    """``_forward`` spells out smp's forward to keep the encoder's stages: same probabilities
+    as calling the network, and one pooled feature per encoder channel (guards an smp upgrade
+    that changes the forward)."""
+    grays = [load_image(path).pixels for path, _ in lungmask_test_items(2)]
+    inputs, probabilities, features = segmenter._forward(grays)
+    with torch.inference_mode():
+        logits = segmenter.network(torch.from_numpy(inputs[:, None]))
+    np.testing.assert_allclose(probabilities, torch.sigmoid(logits)[:, 0].numpy(), atol=1e-6)
+    channels = sum(segmenter.network.encoder.out_channels[1:])
+    assert features.shape == (2, channels) and np.isfinite(features).all()
+    assert not np.allclose(features[0], features[1])  # two films, two descriptions
+    masks = segmenter.analyse_many(grays)
+    np.testing.assert_allclose(masks[0].features, features[0], rtol=1e-5)
 
 
 @pytest.mark.parametrize("shape", [(300, 200), (97, 131), (512, 512)])

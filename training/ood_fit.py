@@ -1,7 +1,8 @@
 """Fit and measure the not-a-chest-X-ray guard (``model.ood``) offline, on a data folder.
 
-``fit`` puts PCA + tied-covariance class Gaussians on the train split's pooled features and
-sets the thresholds on the validation split; ``measure`` reports the warn rates on a split's
+``fit`` puts PCA + tied-covariance class Gaussians on the train split's pooled features (the
+classifier's, and the lung segmenter's of the whole image) and sets the thresholds on the
+validation split; ``measure`` reports the warn rates on a split's
 chest X-rays (per data folder) and on images that are not chest X-rays, as the app computes
 them, and how each candidate ``NO_LUNGS_SCORE`` would change them::
 
@@ -237,9 +238,17 @@ def _predictions(predictor: Predictor, paths: Sequence[Path], batch_size: int) -
         raise ImageInputError(f"cannot fit or measure the guard on unreadable {path}: {reason}")
 
 
-def extract_features(predictor: Predictor, paths: Sequence[Path], batch_size: int) -> np.ndarray:
-    """Pooled features (N, D) of ``paths`` through the predictor's own path."""
-    return np.stack([p.features for p in _predictions(predictor, paths, batch_size)])
+def extract_features(
+    predictor: Predictor, paths: Sequence[Path], batch_size: int
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Pooled classifier features (N, D) of ``paths`` through the predictor's own path, and
+    the segmenter's whole-image features (N, E) (None without a segmenter)."""
+    classifier, whole = [], []
+    for prediction in _predictions(predictor, paths, batch_size):  # keep features, not images
+        classifier.append(prediction.features)
+        if prediction.lungs is not None:
+            whole.append(prediction.lungs.features)
+    return np.stack(classifier), np.stack(whole) if whole else None
 
 
 def fit(args: argparse.Namespace) -> None:
@@ -251,14 +260,24 @@ def fit(args: argparse.Namespace) -> None:
         train = subsample(train, args.max_per_class, seed=0)
         val = subsample(val, args.max_per_class, seed=0)
     print(f"features of {len(train)} train and {len(val)} val images ...", flush=True)
-    train_features = extract_features(predictor, [r.path for r in train], args.batch_size)
-    val_features = extract_features(predictor, [r.path for r in val], args.batch_size)
+    train_features, train_whole = extract_features(
+        predictor, [r.path for r in train], args.batch_size
+    )
+    val_features, val_whole = extract_features(predictor, [r.path for r in val], args.batch_size)
     labels = np.array([r.label for r in train])
     sources = [r.source for r in val]
     stats = fit_feature_stats(
         train_features, labels, val_features, args.components, args.quantile, sources
     )
-    section = stats.to_dict() | {
+    section = stats.to_dict()
+    if predictor.segmenter is not None:
+        whole = fit_feature_stats(
+            train_whole, labels, val_whole, args.components, args.quantile, sources
+        )
+        section["whole_image"] = whole.to_dict() | {
+            "segmenter_sha256": predictor.segmenter.config.weights_sha256
+        }
+    section |= {
         "components": int(stats.basis.shape[0]),
         "quantile": args.quantile,
         "fitted_on": {
@@ -278,6 +297,7 @@ def fit(args: argparse.Namespace) -> None:
     print(
         f"wrote lungcam.ood to {config_path}: {stats.basis.shape[0]} components, thresholds "
         f"distance {stats.distance_threshold:.2f}, residual {stats.residual_threshold:.2f}"
+        + ("; with whole-image statistics" if "whole_image" in section else "")
     )
 
 
@@ -291,6 +311,7 @@ def _verdicts(predictions: Iterator, groups: Sequence[str]) -> list[dict]:
                 "warn": p.ood.warn,
                 "cheap": bool(check_image(p.image)),
                 "score": p.ood.score,
+                "whole_image_score": p.ood.whole_image_score,
                 "lungs_found": None if p.lungs is None else p.lungs.found,
             }
         )
@@ -299,7 +320,7 @@ def _verdicts(predictions: Iterator, groups: Sequence[str]) -> list[dict]:
 
 def _warns(row: dict, no_lungs_score: float) -> bool:
     """The guard's verdict on ``row`` had ``NO_LUNGS_SCORE`` been ``no_lungs_score``."""
-    feature = row["score"] is not None and row["score"] > 1
+    feature = any(row[k] is not None and row[k] > 1 for k in ("score", "whole_image_score"))
     return (
         row["cheap"] or feature or no_lungs_warns(row["lungs_found"], row["score"], no_lungs_score)
     )
@@ -338,6 +359,9 @@ def measure(args: argparse.Namespace) -> None:
     def no_lungs(row: dict) -> bool:
         return row["lungs_found"] is False
 
+    def whole_image(row: dict) -> bool:
+        return row["whole_image_score"] is not None and row["whole_image_score"] > 1
+
     result = {
         "chest_split": args.split,
         "chest_images": len(chest),
@@ -345,10 +369,12 @@ def measure(args: argparse.Namespace) -> None:
         "chest_images_by_source": dict(Counter(r["group"] for r in chest)),
         "chest_warn_rate_by_source": _by_group(chest, app),
         "chest_no_lungs_rate_by_source": _by_group(chest, no_lungs),
+        "chest_whole_image_rate_by_source": _by_group(chest, whole_image),
         "non_chest_images": len(foreign),
         "non_chest_warn_rate": _rate(foreign, app),
         "non_chest_warn_rate_by_source": _by_group(foreign, app),
         "non_chest_no_lungs_rate": _rate(foreign, no_lungs),
+        "non_chest_whole_image_rate": _rate(foreign, whole_image),
         "non_chest_missed": [k for k, r in zip(kinds, foreign, strict=True) if not r["warn"]],
         "no_lungs_score": NO_LUNGS_SCORE,
         "no_lungs_candidates": {
