@@ -30,7 +30,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -53,6 +53,7 @@ from training.data import LUNG5
 from ui.common import DISPLAY_FORMAT
 
 REPO = Path(__file__).resolve().parent.parent
+PEER_APP = REPO.parent / "shared" / "bench" / "peer_app.py"  # the side-by-side anchor
 
 
 def make_uploads(folder: Path, count: int, side: int | None = 2048) -> list[Path]:
@@ -127,29 +128,20 @@ def ask(client: Client, upload: Path) -> dict:
 
 
 @contextmanager
-def serve(
-    model: str, data: Path, upload: Path, *extra: str, timeout: float = 300.0
+def running(
+    command: list[str],
+    port: int,
+    env: dict[str, str],
+    first_call: Callable[[Client], object],
+    log_path: Path,
+    timeout: float = 300.0,
 ) -> Iterator[tuple[Server, float]]:
-    """Start the app; yield (server, seconds from process start to first prediction served)."""
-    port = free_port()
-    log = (data / "server.log").open("w")
+    """Start ``command`` (a Gradio server on ``port``); yield (server, seconds from process
+    start until ``first_call`` returned)."""
+    log = log_path.open("w")
     start = time.perf_counter()
     process = subprocess.Popen(
-        [
-            sys.executable,
-            "app.py",
-            "--model",
-            model,
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            *extra,
-        ],
-        cwd=REPO,
-        env={**os.environ, "LUNGCAM_DATA_DIR": str(data), "GRADIO_TEMP_DIR": ""},
-        stdout=log,
-        stderr=subprocess.STDOUT,
+        command, cwd=REPO, env={**os.environ, **env}, stdout=log, stderr=subprocess.STDOUT
     )
     server = Server(process, f"http://127.0.0.1:{port}/")
     stop = threading.Event()
@@ -169,9 +161,9 @@ def serve(
         deadline = start + timeout
         while True:
             if process.poll() is not None:
-                raise RuntimeError(f"app exited early; see {log.name}")
+                raise RuntimeError(f"server exited early; see {log.name}")
             try:
-                ask(Client(server.url, verbose=False), upload)
+                first_call(Client(server.url, verbose=False))
                 break
             except Exception:  # not listening yet
                 if time.perf_counter() > deadline:
@@ -184,6 +176,73 @@ def serve(
         process.terminate()
         process.wait(timeout=30)
         log.close()
+
+
+def serve(
+    model: str, data: Path, upload: Path, *extra: str, timeout: float = 300.0
+) -> AbstractContextManager[tuple[Server, float]]:
+    """Start the app; yield (server, seconds from process start to first prediction served)."""
+    port = free_port()
+    command = [sys.executable, "app.py", "--model", model, "--host", "127.0.0.1"]
+    command += ["--port", str(port), *extra]
+    env = {"LUNGCAM_DATA_DIR": str(data), "GRADIO_TEMP_DIR": ""}
+    return running(command, port, env, lambda c: ask(c, upload), data / "server.log", timeout)
+
+
+def serve_peer(
+    script: Path, data: Path, upload: Path, timeout: float = 300.0
+) -> AbstractContextManager[tuple[Server, float]]:
+    """Start the peer app (``../shared/bench/peer_app.py``) the same way."""
+    port = free_port()
+    env = {"GRADIO_SERVER_NAME": "127.0.0.1", "GRADIO_SERVER_PORT": str(port)}
+    command = [sys.executable, str(script)]
+    return running(command, port, env, lambda c: ask_peer(c, upload), data / "peer.log", timeout)
+
+
+def ask_peer(client: Client, upload: Path) -> dict:
+    """One call of the peer's ``/predict`` (file in; label and 224 px overlay out)."""
+    label, _ = client.predict(handle_file(str(upload)), api_name="/predict")
+    return label
+
+
+def side_by_side(
+    model: str, peer: Path, folder: Path, upload: Path, rounds: int, requests: int, extra: tuple
+) -> dict[str, object]:
+    """Cold start and sequential latency of LungCAM and the peer, interleaved in one run.
+
+    Cold starts alternate (peer, LungCAM, …) ``rounds`` times; latencies alternate request by
+    request while both servers are up, so machine noise hits both alike. Ratios are
+    LungCAM / peer (below 1: LungCAM is faster).
+    """
+    colds: dict[str, list[float]] = {"lungcam": [], "peer": []}
+    for _ in range(rounds):
+        with serve_peer(peer, folder, upload) as (_, cold):
+            colds["peer"].append(cold)
+        with serve(model, folder, upload, *extra) as (_, cold):
+            colds["lungcam"].append(cold)
+    times: dict[str, list[float]] = {"lungcam": [], "peer": []}
+    with ExitStack() as both:
+        ours, _ = both.enter_context(serve(model, folder, upload, *extra))
+        theirs, _ = both.enter_context(serve_peer(peer, folder, upload))
+        calls = {
+            "lungcam": (Client(ours.url, verbose=False), ask),
+            "peer": (Client(theirs.url, verbose=False), ask_peer),
+        }
+        for client, call in calls.values():
+            call(client, upload)  # warm-up
+        for _ in range(requests):
+            for name, (client, call) in calls.items():
+                times[name].append(time_ms(lambda c=client, f=call: f(c, upload)))
+    cold = {name: round(statistics.median(v), 2) for name, v in colds.items()}
+    p50 = {name: round(percentile(v, 50), 1) for name, v in times.items()}
+    return {
+        "cold_start_s_median": cold,
+        "cold_start_s_all": {name: [round(v, 2) for v in vs] for name, vs in colds.items()},
+        "latency_p50_ms": p50,
+        "latency_p95_ms": {name: round(percentile(v, 95), 1) for name, v in times.items()},
+        "cold_start_ratio": round(cold["lungcam"] / cold["peer"], 3),
+        "latency_p50_ratio": round(p50["lungcam"] / p50["peer"], 3),
+    }
 
 
 def latency(url: str, upload: Path, requests: int) -> list[float]:
@@ -261,6 +320,33 @@ def _heatmap(state: dict) -> np.ndarray:
     return normalise_cam(maps[0, int(torch.argmax(logits[0]))], state["image"].size)
 
 
+def own_figures(
+    model: str, folder: Path, uploads: list[Path], batch_flag: tuple, args: argparse.Namespace
+) -> dict[str, object]:
+    """Cold start, latency, throughput, memory and the in-process step times of LungCAM."""
+    upload = uploads[0]
+    result: dict[str, object] = {}
+    with serve(model, folder, upload, *batch_flag) as (server, cold):
+        result["cold_start_s"] = round(cold, 2)
+        result["rss_mb_after_first_request"] = round(server.rss() / 2**20, 1)
+        times = latency(server.url, upload, args.requests)
+        result["latency_p50_ms"] = round(1000 * percentile(times, 50), 1)
+        result["latency_p95_ms"] = round(1000 * percentile(times, 95), 1)
+        result["throughput_rps"] = {
+            str(n): round(throughput(server.url, uploads, n, args.per_client), 3)
+            for n in args.clients
+        }
+        result["peak_rss_mb_sampled"] = round(max(server.rss_samples) / 2**20, 1)
+        hwm = server.status_bytes("VmHWM")
+        result["peak_rss_mb_vmhwm"] = round(hwm / 2**20, 1) if hwm else None
+        result["peak_rss_anon_mb_sampled"] = round(max(server.anon_samples) / 2**20, 1)
+    steps = components(model, upload, args.rounds, folder / "cache")
+    result["components"] = steps
+    server_ms = steps["model_ms"] + steps["outside_model_ms"]
+    result["transport_and_queue_ms"] = round(result["latency_p50_ms"] - server_ms, 1)
+    return result
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", help="checkpoint (default: bundled, else random 224 px)")
@@ -270,7 +356,19 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rounds", type=int, default=10, help="in-process component rounds")
     parser.add_argument("--max-batch-size", type=int, default=8)
     parser.add_argument("--json", type=Path, help="also write the results here")
+    parser.add_argument(
+        "--peer",
+        type=Path,
+        default=PEER_APP if PEER_APP.is_file() else None,
+        help=f"peer app to measure side by side (default {PEER_APP} when present)",
+    )
+    parser.add_argument("--cold-rounds", type=int, default=3, help="side-by-side cold starts")
+    parser.add_argument(
+        "--peer-only", action="store_true", help="only the side-by-side comparison with --peer"
+    )
     args = parser.parse_args(argv)
+    if args.peer_only and args.peer is None:
+        parser.error("--peer-only needs --peer (the peer app was not found)")
     with tempfile.TemporaryDirectory(prefix="lungcam-bench-") as tmp:
         folder = Path(tmp)
         uploads = make_uploads(folder, max(args.clients))
@@ -282,24 +380,12 @@ def main(argv: list[str] | None = None) -> None:
             "upload_bytes": upload.stat().st_size,
         }
         batch_flag = ("--max-batch-size", str(args.max_batch_size), "--device", "cpu")
-        with serve(model, folder, upload, *batch_flag) as (server, cold):
-            result["cold_start_s"] = round(cold, 2)
-            result["rss_mb_after_first_request"] = round(server.rss() / 2**20, 1)
-            times = latency(server.url, upload, args.requests)
-            result["latency_p50_ms"] = round(1000 * percentile(times, 50), 1)
-            result["latency_p95_ms"] = round(1000 * percentile(times, 95), 1)
-            result["throughput_rps"] = {
-                str(n): round(throughput(server.url, uploads, n, args.per_client), 3)
-                for n in args.clients
-            }
-            result["peak_rss_mb_sampled"] = round(max(server.rss_samples) / 2**20, 1)
-            hwm = server.status_bytes("VmHWM")
-            result["peak_rss_mb_vmhwm"] = round(hwm / 2**20, 1) if hwm else None
-            result["peak_rss_anon_mb_sampled"] = round(max(server.anon_samples) / 2**20, 1)
-        result["components"] = components(model, upload, args.rounds, folder / "cache")
-        steps = result["components"]
-        server_ms = steps["model_ms"] + steps["outside_model_ms"]
-        result["transport_and_queue_ms"] = round(result["latency_p50_ms"] - server_ms, 1)
+        if args.peer is not None:
+            result["vs_peer"] = side_by_side(
+                model, args.peer, folder, upload, args.cold_rounds, args.requests, batch_flag
+            )
+        if not args.peer_only:
+            result |= own_figures(model, folder, uploads, batch_flag, args)
     print(json.dumps(result, indent=2))
     if args.json:
         args.json.write_text(json.dumps(result, indent=2) + "\n")

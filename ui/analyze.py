@@ -3,7 +3,9 @@ start with the conformal prediction set, ``model.conformal.describe_set``)."""
 
 from __future__ import annotations
 
+import tempfile
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import gradio as gr
@@ -11,10 +13,12 @@ import numpy as np
 
 from imaging.image import ImageInputError, LoadedImage
 from imaging.load import load_image
+from imaging.overlay import save_png
 from model import lung_share
 from model.conformal import describe_set
 from model.predictor import Prediction
-from ui.common import Case, describe_input, draw, label_value
+from serving.runtime import data_dir
+from ui.common import Case, describe_input, draw, label_value, shown_pixels
 
 
 def analyze_upload(predict: Callable[[LoadedImage], Prediction], path: str | None) -> Case:
@@ -37,10 +41,14 @@ def uncertainty(case: Case | None) -> str:
 
 
 class AnalyzeHandlers:
-    """The Analyze tab's events, bound to the app's model call ``predict``."""
+    """The Analyze tab's events, bound to the app's model call ``predict``; full-resolution
+    overlays are written under ``exports`` (default: the data folder's ``exports``)."""
 
-    def __init__(self, predict: Callable[[LoadedImage], Prediction]) -> None:
+    def __init__(
+        self, predict: Callable[[LoadedImage], Prediction], exports: Path | None = None
+    ) -> None:
         self.predict = predict
+        self.exports = exports
 
     def analyze(
         self,
@@ -81,8 +89,29 @@ class AnalyzeHandlers:
 
     @staticmethod
     def original(case: Case | None) -> np.ndarray | None:
-        """The upload as the model read it (grayscale), shown beside the overlay."""
-        return None if case is None else case.prediction.image.pixels
+        """The upload as the model read it (grayscale, at display size), beside the overlay."""
+        return None if case is None else shown_pixels(case.prediction.image)
+
+    def full_resolution(
+        self,
+        case: Case | None,
+        class_name: str,
+        opacity: float,
+        colormap: str,
+        outline: bool = False,
+    ) -> str:
+        """The overlay on screen at the upload's own resolution, as a lossless PNG (path)."""
+        if case is None:
+            raise gr.Error("Analyse a chest X-ray first.")
+        drawn = draw(case.prediction, class_name, opacity, colormap, outline, max_side=None)
+        folder = Path(tempfile.mkdtemp(dir=self._exports()))  # one per request: never shared
+        name = f"overlay-{case.review_id}-{class_name.lower().replace(' ', '-')}.png"
+        return str(save_png(drawn, folder / name))
+
+    def _exports(self) -> Path:
+        folder = self.exports or data_dir() / "exports"
+        folder.mkdir(parents=True, exist_ok=True)
+        return folder
 
     @staticmethod
     def example_picker(paths: list[str]) -> Callable[[gr.SelectData], str]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+import cv2
 import gradio as gr
 import numpy as np
 from gradio.components.label import LabelConfidence, LabelData
@@ -15,9 +16,13 @@ from model.ood import OODCheck, headline, input_warnings
 from model.predictor import Prediction
 from review.drafts import new_review_id
 
-# Overlays are shown at the upload's own resolution; as PNG a 2048² overlay took ~740 ms to
-# encode against 12 ms as JPEG (docs/BENCHMARKS.md). Lossless PNGs: Explain tab downloads.
+# Overlays are shown as JPEG (a 2048² PNG took ~740 ms to encode, JPEG 12 ms) and at most
+# DISPLAY_SIDE px a side: the screen shows them smaller still, and a 2048² upload's full-size
+# overlay cost more to draw, encode and download than the forward (docs/BENCHMARKS.md,
+# "End-to-end vs a peer app"). Full resolution is a click away: the Analyze tab's
+# "Full-resolution overlay (PNG)" and the Explain tab's PNGs.
 DISPLAY_FORMAT = "jpeg"
+DISPLAY_SIDE = 1024
 DISCLAIMER = (
     "**Research demo — not a diagnostic device.** Outputs are not medical advice and must not "
     "guide patient care. The model was trained on a small public dataset whose classes come "
@@ -43,24 +48,46 @@ class Case:
         return path is not None and path == self.path
 
 
+def display_size(size: tuple[int, int], max_side: int | None = DISPLAY_SIDE) -> tuple[int, int]:
+    """(width, height) scaled down to at most ``max_side`` a side (None: unchanged)."""
+    width, height = size
+    scale = 1.0 if max_side is None else min(1.0, max_side / max(width, height))
+    return max(1, round(width * scale)), max(1, round(height * scale))
+
+
+def shown_pixels(image: LoadedImage, max_side: int | None = DISPLAY_SIDE) -> np.ndarray:
+    """The upload's gray pixels at display size (area-averaged when scaled down)."""
+    size = display_size(image.size, max_side)
+    if size == image.size:
+        return image.pixels
+    return cv2.resize(image.pixels, size, interpolation=cv2.INTER_AREA)
+
+
 def draw(
     prediction: Prediction,
     class_name: str,
     opacity: float,
     colormap: str,
     lungs: bool = False,
+    max_side: int | None = DISPLAY_SIDE,
 ) -> np.ndarray:
-    """``class_name``'s heatmap over the upload at its own resolution (RGB uint8).
+    """``class_name``'s heatmap over the upload (RGB uint8), at most ``max_side`` px a side
+    (None: the upload's own resolution).
 
     ``lungs`` outlines the lung fields found (and the crop box when the model saw only that).
     """
+    gray = shown_pixels(prediction.image, max_side)
+    size = (gray.shape[1], gray.shape[0])
     index = prediction.class_index(class_name)
-    drawn = overlay(prediction.image.pixels, prediction.heatmap(index), opacity, colormap)
+    drawn = overlay(gray, prediction.heatmap(index, size), opacity, colormap)
     if lungs and prediction.lungs is not None and prediction.lungs.found:
-        drawn = draw_outline(drawn, prediction.lungs.mask)
+        mask = cv2.resize(prediction.lungs.mask.astype(np.uint8), size, cv2.INTER_NEAREST)
+        drawn = draw_outline(drawn, mask.astype(bool))
     if lungs and prediction.cropped:
+        scale = size[0] / prediction.image.size[0]
         box = prediction.box
-        drawn = draw_box(drawn, (box.x0, box.y0, box.x1, box.y1))
+        corners = (box.x0, box.y0, box.x1, box.y1)
+        drawn = draw_box(drawn, tuple(round(v * scale) for v in corners))
     return drawn
 
 
