@@ -19,7 +19,7 @@ from explain.contrastive import CONFUSABLE
 from explain.methods import DEFAULT_METHOD, METHODS, TARGET_LAYERS
 from imaging.overlay import COLORMAPS, DEFAULT_COLORMAP, DEFAULT_OPACITY
 from model.checkpoint import CheckpointError
-from model.predictor import Predictor
+from model.predictor import Predictor, pick_device
 from review.agreement import SUMMARY_COLUMNS
 from review.auth import DEFAULT_HOST, parse_auth, reviews_off_reason
 from review.store import AGREEMENTS, USEFULNESS, ReviewStore
@@ -32,6 +32,7 @@ from ui.review import ReviewHandlers
 
 ASSETS = Path(__file__).resolve().parent / "assets"
 MAX_UPLOAD = "100mb"
+CUDA_GRAPHS_ENV = "LUNGCAM_CUDA_GRAPHS"  # "1": as --cuda-graphs
 
 
 def build_demo(
@@ -314,12 +315,25 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--max-batch-size", type=int, default=8, help="concurrent requests per forward (1: off)"
     )
-    parser.add_argument("--compile", action="store_true", help="torch.compile the model trunk")
+    speedup = parser.add_mutually_exclusive_group()
+    speedup.add_argument("--compile", action="store_true", help="torch.compile the model trunk")
+    speedup.add_argument(
+        "--cuda-graphs",
+        action="store_true",
+        default=os.environ.get(CUDA_GRAPHS_ENV) == "1",
+        help=f"replay the model as CUDA graphs, one per batch size (default: ${CUDA_GRAPHS_ENV}=1)",
+    )
     args = parser.parse_args(argv)
     limit_malloc_arenas()
     configure_storage()
+    requested = args.cuda_graphs and not args.compile  # an explicit --compile beats the env
+    graphs = requested and pick_device(args.device).type == "cuda"
+    if requested and not graphs:
+        print("warning: CUDA graphs need a CUDA device; running without them", flush=True)
     try:
-        predictor = Predictor.load(args.model, args.device, compile=args.compile)
+        predictor = Predictor.load(
+            args.model, args.device, compile=args.compile, cuda_graphs=graphs
+        )
     except CheckpointError as err:
         parser.exit(2, f"error: {err}\n")
     try:

@@ -7,7 +7,8 @@ two libraries run as they ship, in float32. ``--check-amp`` compares bf16 output
 ones on the bundled examples.
 
     python -m bench.run [--model PATH] [--size 224] [--batch 1] [--rounds 15] [--device cuda]
-                        [--bf16 | --fp32] [--compile] [--check-amp] [--skip-libraries] [--json FILE]
+                        [--bf16 | --fp32] [--compile | --cuda-graphs] [--check-amp]
+                        [--skip-libraries] [--json FILE]
 """
 
 from __future__ import annotations
@@ -51,20 +52,53 @@ def hardware(device: torch.device) -> str:
     return f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
 
 
+def sync_for(device: torch.device) -> Callable[[], None]:
+    """What waits for the device's queued work before a clock is read."""
+    return torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+
+
+def random_images(predictor: Predictor, count: int, seed: int = 0) -> list[LoadedImage]:
+    """``count`` random gray images at the model's input size."""
+    height, width = predictor.config.image_size
+    rng = np.random.default_rng(seed)
+    return [
+        LoadedImage(rng.integers(0, 256, (height, width), dtype=np.uint8), "bench", "L")
+        for _ in range(count)
+    ]
+
+
+def predict_all_cams(predictor: Predictor, images: list[LoadedImage]) -> None:
+    """What "predict + all five CAMs" times: ``predict_many`` + every class's heatmap at the
+    image's size."""
+    for prediction in predictor.predict_many(images):
+        for k in range(len(prediction.label_names)):
+            prediction.heatmap(k)
+
+
+def interleaved_medians(
+    contenders: dict[str, Callable[[], object]],
+    sync: Callable[[], None],
+    rounds: int,
+    warmup: int = 3,
+) -> dict[str, float]:
+    """Median ms per call of each contender, timed in interleaved rounds after ``warmup``."""
+    samples: dict[str, list[float]] = {name: [] for name in contenders}
+    for round_index in range(warmup + rounds):
+        for name, fn in contenders.items():
+            elapsed = time_ms(fn, sync)
+            if round_index >= warmup:
+                samples[name].append(elapsed)
+    return {name: round(statistics.median(values), 2) for name, values in samples.items()}
+
+
 def measure(
     predictor: Predictor, rounds: int, batch_size: int = 1, libraries: bool = True, warmup: int = 3
 ) -> dict[str, float]:
     """Median ms per call of each contender on a batch of ``batch_size``, interleaved rounds."""
-    height, width = predictor.config.image_size
-    rng = np.random.default_rng(0)
-    images = [
-        LoadedImage(rng.integers(0, 256, (height, width), dtype=np.uint8), "bench", "L")
-        for _ in range(batch_size)
-    ]
+    images = random_images(predictor, batch_size)
     batch = predictor.batch(images)
     model = predictor.model
     num_classes = predictor.config.num_classes
-    sync = torch.cuda.synchronize if predictor.device.type == "cuda" else (lambda: None)
     amp_dtype = predictor.cam.autocast_dtype
 
     def bare() -> None:
@@ -74,14 +108,9 @@ def measure(
         with torch.inference_mode(), amp:
             model(batch)
 
-    def ours() -> None:
-        for prediction in predictor.predict_many(images):
-            for k in range(num_classes):
-                prediction.heatmap(k, (width, height))
-
-    contenders: dict[str, Callable[[], None]] = {
+    contenders: dict[str, Callable[[], object]] = {
         "bare_forward_ms": bare,
-        "predict_all_cams_ms": ours,
+        "predict_all_cams_ms": lambda: predict_all_cams(predictor, images),
     }
     with contextlib.ExitStack() as stack:
         if libraries:
@@ -99,13 +128,7 @@ def measure(
 
             contenders["pytorch_grad_cam_5_ms"] = grad_cam_loop
             contenders["captum_5_ms"] = captum_loop
-        samples: dict[str, list[float]] = {name: [] for name in contenders}
-        for round_index in range(warmup + rounds):
-            for name, fn in contenders.items():
-                elapsed = time_ms(fn, sync)
-                if round_index >= warmup:
-                    samples[name].append(elapsed)
-    result = {name: round(statistics.median(values), 2) for name, values in samples.items()}
+        result = interleaved_medians(contenders, sync_for(predictor.device), rounds, warmup)
     for name in contenders:
         if name != "bare_forward_ms":
             result[name.replace("_ms", "_ratio")] = round(
@@ -149,7 +172,11 @@ def main(argv: list[str] | None = None) -> None:
     precision = parser.add_mutually_exclusive_group()
     precision.add_argument("--bf16", action="store_true", help="bf16 autocast on the trunk")
     precision.add_argument("--fp32", action="store_true", help="float32 (the default)")
-    parser.add_argument("--compile", action="store_true", help="torch.compile the trunk")
+    speedup = parser.add_mutually_exclusive_group()
+    speedup.add_argument("--compile", action="store_true", help="torch.compile the trunk")
+    speedup.add_argument(
+        "--cuda-graphs", action="store_true", help="CUDA graphs per batch size (bench.graphs)"
+    )
     parser.add_argument("--skip-libraries", action="store_true", help="ours and bare only")
     parser.add_argument("--check-amp", action="store_true", help="autocast vs fp32 outputs")
     parser.add_argument("--json", type=Path, help="also write the results here")
@@ -158,7 +185,7 @@ def main(argv: list[str] | None = None) -> None:
         examples = Path(__file__).resolve().parent.parent / "assets" / "examples"
         print(json.dumps(amp_agreement(args.model, args.device or "cuda", examples), indent=2))
         return
-    options = {"amp": args.bf16, "compile": args.compile}
+    options = {"amp": args.bf16, "compile": args.compile, "cuda_graphs": args.cuda_graphs}
     if args.model:
         predictor = Predictor.load(args.model, args.device, **options)
     else:
@@ -168,7 +195,8 @@ def main(argv: list[str] | None = None) -> None:
     result = measure(predictor, args.rounds, args.batch, libraries=not args.skip_libraries)
     precision = str(predictor.cam.autocast_dtype or torch.float32).removeprefix("torch.")
     result["device"] = f"{predictor.device} ({hardware(predictor.device)})"
-    result["precision"] = precision + (" + compile" if args.compile else "")
+    speedup = " + compile" if args.compile else " + CUDA graphs" if args.cuda_graphs else ""
+    result["precision"] = precision + speedup
     print(
         f"device: {result['device']}; input {predictor.config.image_size}, "
         f"batch {args.batch}, trunk {result['precision']}"

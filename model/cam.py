@@ -6,8 +6,10 @@ the gradient, and the gradient of a logit with respect to the last dense block f
 through the small head (norm5 → global pool → linear). So the trunk runs once without
 autograd, its output is repeated once per class, and one backward through the head gives
 every class's gradient. On a GPU the trunk may run under bf16 autocast; the head and its
-gradients stay in float32. ``python -m bench.run`` measures the saving; ``tests/test_gradcam.py``
-checks the maps equal pytorch-grad-cam's to 1e-4.
+gradients stay in float32. ``step`` does all of it on the device with no host sync, so it
+can be recorded as a CUDA graph per batch size (``capture``, model/cudagraph.py).
+``python -m bench.run`` measures the saving; ``tests/test_gradcam.py`` checks the maps equal
+pytorch-grad-cam's to 1e-4.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import torch
 from torch import nn
 
 from model.config import DEFAULT_TARGET_LAYER
+from model.cudagraph import Capture, StaticBatches, Step
 from model.network import split_at
 
 
@@ -36,11 +39,14 @@ class AllClassGradCAM:
         model: nn.Module,
         target_layer: str = DEFAULT_TARGET_LAYER,
         autocast_dtype: torch.dtype | None = None,
+        capture: Capture | None = None,
     ) -> None:
         self.model = model
         self.target_layer = target_layer
         self.autocast_dtype = autocast_dtype  # e.g. torch.bfloat16 on CUDA: trunk only
         self.trunk, self.tail = split_at(model, target_layer)
+        # ``capture``: run ``step`` at fixed batch sizes, e.g. as CUDA graphs (model.cudagraph).
+        self.run: Step = StaticBatches(self.step, capture) if capture else self.step
 
     def __call__(
         self, batch: torch.Tensor, return_pooled: bool = False
@@ -49,17 +55,30 @@ class AllClassGradCAM:
         (the not-a-chest-X-ray guard's input), taken from the same trunk forward."""
         if self.model.training:
             raise RuntimeError("AllClassGradCAM needs the model in eval mode (BatchNorm)")
+        logits, maps, pooled = self.run(batch)
+        if not return_pooled:
+            return logits, maps.cpu().numpy()
+        return logits, maps.cpu().numpy(), pooled
+
+    def step(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Logits ``(B, K)``, raw maps ``(B, K, h, w)`` and pooled features ``(B, C)``, all on
+        the batch's device, with no host synchronisation: the work a CUDA graph records."""
         amp = torch.autocast(
             batch.device.type,
             dtype=self.autocast_dtype or torch.bfloat16,
             enabled=self.autocast_dtype is not None,
+            cache_enabled=False,  # each weight is cast once anyway; a cache breaks graph capture
         )
         with torch.inference_mode(), amp:
             activations = self.trunk(batch)
         activations = activations.clone().float()  # a normal tensor, usable by autograd
-        n_images = activations.shape[0]
+        n_images, n_channels, height, width = activations.shape
         n_classes = self.model.num_classes
-        repeated = activations.repeat_interleave(n_classes, dim=0).requires_grad_(True)
+        # One copy of each image's activations per class (expand, not repeat_interleave, whose
+        # output size may be read back from the GPU: no sync inside a graph).
+        shape = (n_images * n_classes, n_channels, height, width)
+        repeated = activations.unsqueeze(1).expand(-1, n_classes, -1, -1, -1).reshape(shape)
+        repeated.requires_grad_(True)
         with torch.enable_grad():
             pooled = self.tail.pre_logits(repeated)
             logits = self.tail.classifier(pooled).float().view(n_images, n_classes, n_classes)
@@ -67,12 +86,9 @@ class AllClassGradCAM:
             (grads,) = torch.autograd.grad(own_class.sum(), repeated)
         weights = grads.mean(dim=(2, 3))  # Grad-CAM: spatially averaged gradients
         maps = torch.relu(torch.einsum("nc,nchw->nhw", weights, repeated.detach()))
-        height, width = maps.shape[-2:]
         maps = maps.view(n_images, n_classes, height, width)
-        if not return_pooled:
-            return logits[:, 0].detach(), maps.cpu().numpy()
         # Every copy of an image pools the same features: keep the first of each.
-        return logits[:, 0].detach(), maps.cpu().numpy(), pooled[::n_classes].detach().float()
+        return logits[:, 0].detach(), maps, pooled[::n_classes].detach().float()
 
 
 def scale_cam(cam: np.ndarray, size: tuple[int, int] | None = None) -> np.ndarray:

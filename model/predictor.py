@@ -20,6 +20,7 @@ from imaging.image import LoadedImage
 from model.cam import AllClassGradCAM, normalise_cam
 from model.checkpoint import load_checkpoint
 from model.config import CONFIG_FILE, ModelConfig, calibrated_softmax, class_index
+from model.cudagraph import capture_for
 from model.network import create_network
 from model.ood import OODCheck, assess, load_feature_stats, load_whole_image_stats
 from model.segmenter import DEFAULT_SEGMENTER, LungMask, LungSegmenter, heatmap_share_on_lungs
@@ -162,7 +163,9 @@ class Predictor:
 
     On CUDA the weights and inputs are channels_last; ``amp=True`` runs the trunk under bf16
     autocast (off by default, see ``pick_autocast``); ``compile=True`` wraps the trunk in
-    ``torch.compile``.
+    ``torch.compile``; ``cuda_graphs=True`` replays the trunk + head-gradient step as one CUDA
+    graph per batch size, captured on first use (model/cudagraph.py; off by default until
+    measured on a GPU; on a CPU the same static-batch path runs eagerly, with no speed-up).
     """
 
     def __init__(
@@ -173,8 +176,11 @@ class Predictor:
         *,
         amp: bool | None = None,
         compile: bool = False,
+        cuda_graphs: bool = False,
         segmenter: LungSegmenter | None = None,
     ) -> None:
+        if compile and cuda_graphs:
+            raise ValueError("compile=True and cuda_graphs=True exclude each other; choose one")
         if config.lung_crop_margin is not None and segmenter is None:
             raise ValueError(
                 f"model {config.version!r} crops its input to the lung fields and needs the lung "
@@ -192,7 +198,10 @@ class Predictor:
         self.whole_image_stats = load_whole_image_stats(
             config.ood, segmenter.config.weights_sha256 if segmenter else None
         )
-        self.cam = AllClassGradCAM(self.model, config.target_layer, pick_autocast(device, amp))
+        capture = capture_for(device) if cuda_graphs else None
+        self.cam = AllClassGradCAM(
+            self.model, config.target_layer, pick_autocast(device, amp), capture
+        )
         if compile:
             self.cam.trunk = torch.compile(self.cam.trunk)
 
@@ -204,6 +213,7 @@ class Predictor:
         *,
         amp: bool | None = None,
         compile: bool = False,
+        cuda_graphs: bool = False,
         segmenter: str | None = None,
     ) -> Predictor:
         """Load ``spec`` (see ``resolve_model_spec``); untrained weights if there is none.
@@ -225,6 +235,7 @@ class Predictor:
             target,
             amp=amp,
             compile=compile,
+            cuda_graphs=cuda_graphs,
             segmenter=load_segmenter(segmenter, resolved),
         )
 

@@ -6,35 +6,21 @@ import sys
 import numpy as np
 import pytest
 import torch
-from pytorch_grad_cam import GradCAM
-from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
+from bench.graphs import normalised_maps, reference_maps
 from imaging.load import load_image
-from model.cam import AllClassGradCAM, normalise_cam, scale_cam
+from model.cam import AllClassGradCAM, scale_cam
 from model.config import ModelConfig
+from model.cudagraph import capture_cuda_graph
 from model.network import create_network
 from model.predictor import Predictor
 from tests.conftest import BUNDLED_MODEL, REPO, lung5_images
 
 
-def _reference_maps(model, batch, layer):
-    with GradCAM(model, [layer]) as cam:
-        return np.stack(
-            [
-                cam(batch, [ClassifierOutputTarget(k)] * len(batch))
-                for k in range(model.num_classes)
-            ],
-            axis=1,
-        )  # (B, K, H, W)
-
-
-def _assert_equivalent(model, batch):
-    logits, raw = AllClassGradCAM(model)(batch)
-    reference = _reference_maps(model, batch, model.features.denseblock4)
-    size = (batch.shape[-1], batch.shape[-2])
-    ours = np.stack(
-        [[normalise_cam(raw[b, k], size) for k in range(raw.shape[1])] for b in range(raw.shape[0])]
-    )
+def _assert_equivalent(model, batch, capture=None):
+    logits, raw = AllClassGradCAM(model, capture=capture)(batch)
+    reference = reference_maps(model, batch, model.features.denseblock4)
+    ours = normalised_maps(raw, (batch.shape[-1], batch.shape[-2]))
     assert ours.shape == reference.shape
     np.testing.assert_allclose(ours, reference, atol=1e-4)
     with torch.no_grad():
@@ -53,6 +39,15 @@ def test_matches_pytorch_grad_cam_with_the_bundled_trained_model():
     assert predictor.config.trained
     batch = predictor.batch([load_image(p) for p in lung5_images()[:3]])  # lung-field crops
     _assert_equivalent(predictor.model, batch)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_matches_pytorch_grad_cam_with_cuda_graphs(monkeypatch):
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)  # batch 3 runs padded to 4
+    torch.manual_seed(0)
+    model = create_network(ModelConfig()).to("cuda", memory_format=torch.channels_last).eval()
+    batch = torch.randn(3, 3, 224, 224, device="cuda").contiguous(memory_format=torch.channels_last)
+    _assert_equivalent(model, batch, capture_cuda_graph)
 
 
 def test_refuses_a_model_in_train_mode():
