@@ -264,6 +264,18 @@ def test_fit_then_measure_cli(tiny_checkpoint, tmp_path, capsys):
     assert "chest_warn_rate" in capsys.readouterr().out
 
 
+def test_bundled_guard_warns_on_every_kind_of_non_chest_image():
+    """The crop-only guard let CT slices and hand/knee radiographs through (the segmenter
+    draws "lungs" on them); seen whole, each generated kind and each package sample warns."""
+    predictor = Predictor.load(str(BUNDLED_MODEL), "cpu")
+    kinds, arrays = zip(*ood_fit.non_chest_images(seed=1, per_kind=2), strict=True)
+    predictions = predictor.predict_many([ood_fit.as_upload(a) for a in arrays])
+    missed = [kind for kind, p in zip(kinds, predictions, strict=True) if not p.ood.warn]
+    assert missed == []
+    hard = [p for k, p in zip(kinds, predictions, strict=True) if k.endswith(("ct-slice", "xray"))]
+    assert all(p.ood.whole_image_score > 1 for p in hard)  # the whole-image signal caught them
+
+
 def test_bundled_examples_are_not_flagged_as_non_chest():
     """The app's example gallery shows chest X-rays the bundled guard accepts."""
     examples = sorted((REPO / "assets" / "examples").glob("*.jpg"))
