@@ -49,7 +49,7 @@ def build_demo(
     labels = predictor.config.label_names
     store = store or ReviewStore.open(data_dir())
     predict = make_predict(predictor, max_batch_size)
-    analysis = AnalyzeHandlers(predict)
+    analysis = AnalyzeHandlers(predict, store.data_dir / "exports")
     reviews = ReviewHandlers(predict, predictor.config, store, reviews_off)
     explaining = ExplainHandlers(predictor, store.data_dir / "exports")
     past = HistoryHandlers(store, labels, reviews_off)
@@ -96,6 +96,9 @@ def build_demo(
                     )
                     lung_text = gr.Markdown()
                     scale = gr.HTML(legend(DEFAULT_COLORMAP))
+                    with gr.Row():
+                        full_button = gr.Button("Full-resolution overlay (PNG)", size="sm")
+                        full_file = gr.File(label="Overlay at the upload's own resolution")
                     shown_class = gr.Dropdown(labels, value=labels[0], label="Heatmap for class")
                     outline = gr.Checkbox(label="Outline the lung fields (and any lung crop)")
                     with gr.Row():
@@ -223,6 +226,7 @@ def build_demo(
                 explaining.defaults, cached, [explain_class, class_a, class_b], api_name=False
             )
             event.success(reviews.new_case, [cached, form_case], form, api_name=False)
+            event.then(lambda: None, None, full_file, api_name=False)  # not the last case's
             event.failure(analysis.cleared, None, [*outputs, original], api_name=False)
             event.failure(lambda: ("", ""), None, [prediction_set, lung_text], api_name=False)
             event.failure(reviews.new_case, [cached, form_case], form, api_name=False)
@@ -239,6 +243,8 @@ def build_demo(
             picked.success(analysis.analyze, analyze_inputs, outputs, api_name=False, **batched)
         )
         show_anyway.input(analysis.relabel, [cached, show_anyway], confidences, api_name=False)
+        full_inputs = [cached, shown_class, opacity, colormap, outline]
+        full_button.click(analysis.full_resolution, full_inputs, full_file, api_name="overlay_full")
         style = [cached, shown_class, opacity, colormap, outline]
         shown_class.input(analysis.redraw, style, heatmap, api_name=False)
         shown_class.input(analysis.lung_line, lung_inputs, lung_text, api_name=False)

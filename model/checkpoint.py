@@ -77,7 +77,8 @@ def load_checkpoint(
             raise CheckpointError(
                 f"unsupported checkpoint file {path.name!r}; expected a folder, .pt or .pth"
             )
-    model = create_network(config)
+    with torch.device("meta"):  # no random init: every tensor comes from the checkpoint
+        model = create_network(config)
     _load_matching(model, config, state)
     model.to(device).eval()
     return model, config
@@ -146,4 +147,5 @@ def _load_matching(model: nn.Module, config: ModelConfig, state: dict[str, torch
             f"({len(missing)} missing keys e.g. {missing[:2]}, {len(unexpected)} unexpected "
             f"e.g. {unexpected[:2]}, {len(wrong_shape)} of another shape e.g. {wrong_shape[:2]})"
         )
-    model.load_state_dict({k: v.to(expected[k].dtype) for k, v in state.items()})
+    # assign: the checkpoint's tensors become the (meta-built) model's own, no copy
+    model.load_state_dict({k: v.to(expected[k].dtype) for k, v in state.items()}, assign=True)

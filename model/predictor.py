@@ -187,6 +187,8 @@ class Predictor:
                 f"segmenter; none was found (bundled: {DEFAULT_SEGMENTER})"
             )
         self.segmenter = segmenter
+        if segmenter is not None:  # on the model's device: a GPU server must not wait on CPU
+            segmenter.network.to(device)
         self.memory_format = (
             torch.channels_last if device.type == "cuda" else torch.contiguous_format
         )

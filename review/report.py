@@ -11,19 +11,19 @@ import io
 import re
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import matplotlib
 import numpy as np
-from fpdf import FPDF
 from PIL import Image
 
 from imaging.overlay import DEFAULT_COLORMAP, colorbar
 from model.conformal import set_caption
 from review.schema import ROW_COLUMNS, Review
 
-# DejaVu ships with matplotlib (a runtime dependency), so Unicode notes render everywhere.
-FONT_DIR = Path(matplotlib.get_data_path()) / "fonts" / "ttf"
-FONT = "DejaVu"
+if TYPE_CHECKING:  # fpdf and matplotlib load with the first report, not at the app's start
+    from fpdf import FPDF
+
+FONT = "DejaVu"  # ships with matplotlib (a runtime dependency): Unicode notes render everywhere
 PAGE_WIDTH_MM = 210
 MARGIN_MM = 15
 CSV_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
@@ -50,11 +50,15 @@ def write_case_report(
     ``lungs`` are plain lines about the heatmaps' share on the lung fields
     (``model.lung_share.notes``).
     """
+    import matplotlib
+    from fpdf import FPDF
+
+    fonts = Path(matplotlib.get_data_path()) / "fonts" / "ttf"
     pdf = FPDF(format="A4", unit="mm")
     pdf.set_margins(MARGIN_MM, MARGIN_MM, MARGIN_MM)
     pdf.set_auto_page_break(auto=True, margin=MARGIN_MM)
-    pdf.add_font(FONT, "", FONT_DIR / "DejaVuSans.ttf")
-    pdf.add_font(FONT, "B", FONT_DIR / "DejaVuSans-Bold.ttf")
+    pdf.add_font(FONT, "", fonts / "DejaVuSans.ttf")
+    pdf.add_font(FONT, "B", fonts / "DejaVuSans-Bold.ttf")
     pdf.add_page()
     width = PAGE_WIDTH_MM - 2 * MARGIN_MM
 

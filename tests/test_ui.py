@@ -271,3 +271,29 @@ def test_reviews_and_exports_refuse_when_switched_off(counted, predictor, store)
     with pytest.raises(gr.Error, match="switched off"):
         history.export_csv("All", "All", "")
     assert history.history("All", "All", "").empty
+
+
+def test_overlay_is_display_size_and_full_resolution_is_a_png_away(predictor, tmp_path):
+    """A 2048 × 1536 upload: overlay and original at most 1024 px a side (aspect kept), the
+    same picture as the full-resolution overlay scaled down; that one is a PNG at 2048 × 1536."""
+    from PIL import Image
+
+    from ui.common import DISPLAY_SIDE, draw
+
+    film = Image.open(lung5_images()[0]).convert("L").resize((2048, 1536))
+    path = tmp_path / "large.png"
+    film.save(path)
+    handlers = AnalyzeHandlers(predictor.predict, tmp_path / "exports")
+    _, drawn, shown, _, case = handlers.analyze(str(path), 0.45, "jet")
+    assert drawn.shape == (DISPLAY_SIDE * 3 // 4, DISPLAY_SIDE, 3)
+    assert AnalyzeHandlers.original(case).shape == (DISPLAY_SIDE * 3 // 4, DISPLAY_SIDE)
+    full_path = handlers.full_resolution(case, shown, 0.45, "jet", True)
+    assert Path(full_path).parent.parent == tmp_path / "exports"
+    full = np.asarray(Image.open(full_path).convert("RGB"))
+    assert full.shape == (1536, 2048, 3)
+    np.testing.assert_array_equal(full, draw(case.prediction, shown, 0.45, "jet", True, None))
+    small = np.asarray(Image.fromarray(full).resize((DISPLAY_SIDE, DISPLAY_SIDE * 3 // 4)))
+    outlined = draw(case.prediction, shown, 0.45, "jet", True)
+    assert np.abs(small.astype(int) - outlined.astype(int)).mean() < 8  # same picture, smaller
+    with pytest.raises(gr.Error, match="Analyse"):
+        handlers.full_resolution(None, shown, 0.45, "jet")
