@@ -220,7 +220,7 @@ def build_demo(
             # share, the Explain tab's classes set to this image's, the review form cleared;
             # an error clears the previous case's outputs.
             event.success(analysis.original, cached, original, api_name=False)
-            event.success(uncertainty, cached, prediction_set, api_name=False)
+            event.success(uncertainty, [cached, show_anyway], prediction_set, api_name=False)
             event.success(analysis.lung_line, lung_inputs, lung_text, api_name=False)
             event.success(
                 explaining.defaults, cached, [explain_class, class_a, class_b], api_name=False
@@ -243,6 +243,7 @@ def build_demo(
             picked.success(analysis.analyze, analyze_inputs, outputs, api_name=False, **batched)
         )
         show_anyway.input(analysis.relabel, [cached, show_anyway], confidences, api_name=False)
+        show_anyway.input(uncertainty, [cached, show_anyway], prediction_set, api_name=False)
         full_inputs = [cached, shown_class, opacity, colormap, outline]
         full_button.click(analysis.full_resolution, full_inputs, full_file, api_name="overlay_full")
         style = [cached, shown_class, opacity, colormap, outline]

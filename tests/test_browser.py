@@ -88,16 +88,17 @@ def test_upload_shows_label_and_heatmap_and_switching_class_redraws(browser_page
     size = heatmap.first.evaluate("img => [img.naturalWidth, img.naturalHeight]")
     assert size == [224, 224]  # the example's own resolution, not the model's input
 
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    page.wait_for_timeout(1000)  # let the progress overlays fade before the screenshot
+    shot = ARTIFACTS / "browser-analyze.png"
+    page.screenshot(path=str(shot), full_page=True)  # the top class, as the README shows it
+    assert shot.stat().st_size > 10_000
+
     other = next(name for name in labels if name != top)
     page.get_by_label("Heatmap for class").click()
     page.get_by_role("option", name=other).click()
     expect(heatmap.first).not_to_have_attribute("src", first_src, timeout=TIMEOUT_MS)
     assert page.get_by_label("Heatmap for class").input_value() == other
-
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    shot = ARTIFACTS / "browser-analyze.png"
-    page.screenshot(path=str(shot), full_page=True)
-    assert shot.stat().st_size > 10_000
 
 
 def _colour_photo(folder: Path) -> Path:
@@ -156,6 +157,9 @@ def test_walk_two_cases_one_review_each_and_a_non_chest_headline(browser_page, t
     page.get_by_label("Clear").first.click()  # empty the upload box, then upload
     page.locator("input[type=file]").first.set_input_files(str(_colour_photo(tmp_path)))
     expect(label).to_have_text("Not a chest X-ray?", timeout=TIMEOUT_MS)
+    expect(page.get_by_text("hidden with the class scores").first).to_be_visible(
+        timeout=TIMEOUT_MS
+    )  # the prediction set is folded away with the bars
     expect(page.get_by_text("Saved: review")).to_have_count(0, timeout=TIMEOUT_MS)
     page.wait_for_timeout(1000)  # let the progress overlays fade before the screenshot
     page.screenshot(path=str(ARTIFACTS / "browser-not-chest.png"), full_page=True)

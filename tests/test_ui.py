@@ -167,8 +167,13 @@ def test_a_non_chest_image_headlines_the_warning_not_a_class(counted, tmp_path):
     posted = HeadlineLabel(num_top_classes=5).postprocess(label)
     assert posted.label == "Not a chest X-ray?"
     assert "⚠️" in notes
-    chest = handlers.analyze(str(lung5_images()[0]), 0.45, "jet")[0]
+    # the prediction set names classes too: folded away with the bars, in the notes as well
+    assert ui.analyze.uncertainty(case) == ui.analyze.SET_HIDDEN and ui.analyze.SET_HIDDEN in notes
+    assert ui.analyze.uncertainty(case, show_anyway=True) != ui.analyze.SET_HIDDEN
+    chest, _, _, chest_notes, chest_case = handlers.analyze(str(lung5_images()[0]), 0.45, "jet")
     assert isinstance(chest, dict) and set(chest) == set(case.prediction.label_names)
+    assert ui.analyze.uncertainty(chest_case) != ui.analyze.SET_HIDDEN
+    assert ui.analyze.SET_HIDDEN not in chest_notes
 
 
 def test_each_analysis_starts_a_new_case_with_an_empty_form(counted, predictor, store):

@@ -16,6 +16,7 @@ from imaging.load import load_image
 from imaging.overlay import save_png
 from model import lung_share
 from model.conformal import describe_set
+from model.ood import headline
 from model.predictor import Prediction
 from serving.runtime import data_dir
 from ui.common import Case, describe_input, draw, label_value, shown_pixels
@@ -32,12 +33,20 @@ def analyze_upload(predict: Callable[[LoadedImage], Prediction], path: str | Non
     return Case(path, predict(image))
 
 
-def uncertainty(case: Case | None) -> str:
+SET_HIDDEN = "**Prediction set:** hidden with the class scores (tick “show anyway” to see both)."
+
+
+def uncertainty(case: Case | None, show_anyway: bool = False) -> str:
     """The case's conformal set as one Markdown line ("**90 % set:** A, B · ⚠️ **uncertain**"),
-    what the screen shows under the confidences; empty before any analysis."""
+    what the screen shows under the confidences; empty before any analysis. When the guard
+    warns, the set names classes as much as the bars do: it is folded away with them unless
+    ``show_anyway``."""
     if case is None:
         return ""
-    return describe_set(case.prediction.prediction_set, case.prediction.set_alpha)
+    prediction = case.prediction
+    if not show_anyway and headline(prediction.image, prediction.ood) is not None:
+        return SET_HIDDEN
+    return describe_set(prediction.prediction_set, prediction.set_alpha)
 
 
 class AnalyzeHandlers:
@@ -75,7 +84,7 @@ class AnalyzeHandlers:
             label_value(prediction, show_anyway),
             draw(prediction, top, opacity, colormap, outline),
             top,
-            uncertainty(case)
+            uncertainty(case, show_anyway)
             + "\n\n"
             + describe_input(prediction.image, prediction.ood)
             + "".join(f"\n\n{line}" for line in lung_share.notes(prediction)),
