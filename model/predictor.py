@@ -186,9 +186,7 @@ class Predictor:
                 f"model {config.version!r} crops its input to the lung fields and needs the lung "
                 f"segmenter; none was found (bundled: {DEFAULT_SEGMENTER})"
             )
-        self.segmenter = segmenter
-        if segmenter is not None:  # on the model's device: a GPU server must not wait on CPU
-            segmenter.network.to(device)
+        self.segmenter = segmenter.to(device) if segmenter is not None else None
         self.memory_format = (
             torch.channels_last if device.type == "cuda" else torch.contiguous_format
         )
@@ -198,7 +196,7 @@ class Predictor:
         self.transform = build_transform(config, train=False)
         self.ood_stats = load_feature_stats(config.ood)  # None until `training.ood_fit fit`
         self.whole_image_stats = load_whole_image_stats(
-            config.ood, segmenter.config.weights_sha256 if segmenter else None
+            config.ood, segmenter.weights_sha256 if segmenter else None
         )
         capture = capture_for(device) if cuda_graphs else None
         self.cam = AllClassGradCAM(

@@ -254,6 +254,16 @@ class LungSegmenter:
     def description(self) -> str:
         return f"lung segmenter {self.config.version} ({self.config.encoder_name} U-Net)"
 
+    @property
+    def weights_sha256(self) -> str:
+        """The sha256 of the weights, which the guard's whole-image statistics are tied to."""
+        return self.config.weights_sha256
+
+    def to(self, device: torch.device | str) -> LungSegmenter:
+        """Run on ``device`` (the classifier's: a GPU server must not wait on the CPU)."""
+        self.network.to(device)
+        return self
+
     def probabilities(self, images: Sequence[np.ndarray]) -> np.ndarray:
         """Lung probability maps at the network's working size, (N, h, w) float32."""
         return self._forward(images)[1]

@@ -239,7 +239,7 @@ def test_fit_then_measure_cli(tiny_checkpoint, tmp_path, capsys):
     predictor = Predictor.load(str(model), "cpu")
     assert predictor.ood_stats is not None
     whole = section["whole_image"]
-    assert whole["segmenter_sha256"] == predictor.segmenter.config.weights_sha256
+    assert whole["segmenter_sha256"] == predictor.segmenter.weights_sha256
     assert len(whole["basis"]) == 8 and predictor.whole_image_stats is not None
     check = predictor.predict(ood_fit.as_upload(np.asarray(gray().pixels))).ood
     assert check.score > 0 and check.whole_image_score > 0

@@ -275,7 +275,7 @@ def fit(args: argparse.Namespace) -> None:
             train_whole, labels, val_whole, args.components, args.quantile, sources
         )
         section["whole_image"] = whole.to_dict() | {
-            "segmenter_sha256": predictor.segmenter.config.weights_sha256
+            "segmenter_sha256": predictor.segmenter.weights_sha256
         }
     section |= {
         "components": int(stats.basis.shape[0]),
