@@ -341,7 +341,7 @@ def main(argv: list[str] | None = None) -> None:
         predictor = Predictor.load(
             args.model, args.device, compile=args.compile, cuda_graphs=graphs
         )
-    except CheckpointError as err:
+    except (CheckpointError, ValueError) as err:  # e.g. statistics of another segmenter
         parser.exit(2, f"error: {err}\n")
     try:
         auth = parse_auth()  # $LUNGCAM_AUTH: required on any public host that stores reviews

@@ -288,3 +288,28 @@ def test_bundled_examples_are_not_flagged_as_non_chest():
         if prediction.ood is None or prediction.ood.warn
     ]
     assert flagged == []
+
+
+def test_the_app_refuses_statistics_of_another_segmenter(
+    tiny_checkpoint, tmp_path, monkeypatch, capsys
+):
+    """A checkpoint whose whole-image statistics belong to other segmenter weights stops the
+    app at start with one line naming the refit (exit 2), not a traceback or a wrong guard."""
+    import app
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny_checkpoint, model)
+    config = ModelConfig.load(model / "config.json")
+    rng = np.random.default_rng(0)
+    stats = fit_feature_stats(rng.normal(size=(40, 6)), np.arange(40) % 2, rng.normal(size=(20, 6)))
+    whole = stats.to_dict() | {"segmenter_sha256": "0" * 64}
+    config.ood = stats.to_dict() | {"whole_image": whole}
+    config.save(model / "config.json")
+    for name in ("LUNGCAM_DATA_DIR", "GRADIO_TEMP_DIR", "GRADIO_EXAMPLES_CACHE"):
+        monkeypatch.setenv(name, str(tmp_path / "data"))
+    with pytest.raises(SystemExit) as stop:
+        app.main(["--model", str(model), "--device", "cpu"])
+    assert stop.value.code == 2
+    error = capsys.readouterr().err.strip()
+    assert error.startswith("error: the guard's whole-image statistics") and "refit" in error
+    assert len(error.splitlines()) == 1
