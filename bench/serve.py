@@ -7,10 +7,14 @@ Measures, for one 2048×2048 PNG upload (a lung5 radiograph scaled up):
   functions the handler calls (decode, preprocess, model, overlay, image encode through
   Gradio's own cache writer); the rest of the end-to-end time is upload, queue and transport;
 - throughput with 1, 4 and 8 concurrent clients;
-- peak resident memory of the server (psutil samples every 50 ms, and Linux's VmHWM).
+- peak resident memory of the server (psutil samples every 50 ms, and Linux's VmHWM);
+- side by side with a typical peer app (``../shared/bench/peer_app.py``, or ``--peer``): cold
+  starts alternating, and sequential latencies alternating call by call, in the same run;
+  the ratios LungCAM / peer are the figures to compare across machines.
 
     python -m bench.serve [--model PATH] [--requests 20] [--clients 1 4 8] [--per-client 4]
-                          [--max-batch-size 8] [--json FILE]
+                          [--max-batch-size 8] [--json FILE] [--peer PATH] [--cold-rounds 3]
+    python -m bench.serve --peer-only --cold-rounds 3 --requests 15   # only the comparison
 
 Without ``--model`` (and no bundled model) a random-weight 224 px DenseNet201 is used: the
 same work as the trained one.
