@@ -161,5 +161,7 @@ def test_walk_two_cases_one_review_each_and_a_non_chest_headline(browser_page, t
         timeout=TIMEOUT_MS
     )  # the prediction set is folded away with the bars
     expect(page.get_by_text("Saved: review")).to_have_count(0, timeout=TIMEOUT_MS)
+    for close in page.locator(".toast-close").all():  # B's "save first" toast, long answered
+        close.click()
     page.wait_for_timeout(1000)  # let the progress overlays fade before the screenshot
     page.screenshot(path=str(ARTIFACTS / "browser-not-chest.png"), full_page=True)
