@@ -43,6 +43,14 @@ class LoadedImage:
         return self.pixels.shape[1], self.pixels.shape[0]
 
 
+def fit_within(size: tuple[int, int], max_side: int | None) -> tuple[int, int]:
+    """(width, height) scaled down, aspect kept, to at most ``max_side`` a side (never up;
+    None: unchanged): the grids that masks, heatmaps and displayed images are worked on."""
+    width, height = size
+    scale = 1.0 if max_side is None else min(1.0, max_side / max(width, height))
+    return max(1, round(width * scale)), max(1, round(height * scale))
+
+
 def rescale_to_uint8(values: np.ndarray) -> np.ndarray:
     """Linearly map the array's own min..max to 0..255 (a constant image becomes 0).
 

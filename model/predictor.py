@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from imaging.image import LoadedImage
+from imaging.image import LoadedImage, fit_within
 from model.cam import AllClassGradCAM, normalise_cam
 from model.checkpoint import load_checkpoint
 from model.config import CONFIG_FILE, ModelConfig, calibrated_softmax, class_index
@@ -138,9 +138,7 @@ class Prediction:
         """
         if self.lungs is None or not self.lungs.found:
             return None
-        width, height = self.image.size
-        scale = min(1.0, SHARE_GRID / max(width, height))
-        size = (max(1, round(width * scale)), max(1, round(height * scale)))
+        size = fit_within(self.image.size, SHARE_GRID)
         mask = cv2.resize(self.lungs.mask.astype(np.uint8), size, interpolation=cv2.INTER_NEAREST)
         return heatmap_share_on_lungs(self.heatmap(class_index, size), mask.astype(bool))
 

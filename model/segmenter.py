@@ -32,6 +32,7 @@ from safetensors.torch import load_file, save_file
 from scipy import ndimage
 from torch import nn
 
+from imaging.image import fit_within
 from model.checkpoint import file_sha256
 
 CONFIG_FILE = "config.json"
@@ -308,8 +309,7 @@ class LungSegmenter:
         contrast = lung_contrast(small, keep_lungs(prob > self.config.threshold)[0])
         # Components and hole filling on a grid of at most POSTPROCESS_SIDE px a side, then the
         # clean mask is scaled up: on a 2048² upload this took 413 ms at full size, 23 ms here.
-        scale = min(1.0, POSTPROCESS_SIDE / max(height, width))
-        grid = (max(1, round(width * scale)), max(1, round(height * scale)))
+        grid = fit_within((width, height), POSTPROCESS_SIDE)
         prob = cv2.resize(prob, grid, interpolation=cv2.INTER_LINEAR)
         mask, components = keep_lungs(prob > self.config.threshold)
         if grid != (width, height):

@@ -10,7 +10,7 @@ import gradio as gr
 import numpy as np
 from gradio.components.label import LabelConfidence, LabelData
 
-from imaging.image import LoadedImage
+from imaging.image import LoadedImage, fit_within
 from imaging.overlay import colorbar_stops, draw_box, draw_outline, overlay
 from model.ood import OODCheck, headline, input_warnings
 from model.predictor import Prediction
@@ -48,16 +48,9 @@ class Case:
         return path is not None and path == self.path
 
 
-def display_size(size: tuple[int, int], max_side: int | None = DISPLAY_SIDE) -> tuple[int, int]:
-    """(width, height) scaled down to at most ``max_side`` a side (None: unchanged)."""
-    width, height = size
-    scale = 1.0 if max_side is None else min(1.0, max_side / max(width, height))
-    return max(1, round(width * scale)), max(1, round(height * scale))
-
-
 def shown_pixels(image: LoadedImage, max_side: int | None = DISPLAY_SIDE) -> np.ndarray:
     """The upload's gray pixels at display size (area-averaged when scaled down)."""
-    size = display_size(image.size, max_side)
+    size = fit_within(image.size, max_side)
     if size == image.size:
         return image.pixels
     return cv2.resize(image.pixels, size, interpolation=cv2.INTER_AREA)
