@@ -313,7 +313,9 @@ class LungSegmenter:
         prob = cv2.resize(prob, grid, interpolation=cv2.INTER_LINEAR)
         mask, components = keep_lungs(prob > self.config.threshold)
         if grid != (width, height):
-            grown = cv2.resize(mask.astype(np.float32), (width, height), cv2.INTER_LINEAR)
+            grown = cv2.resize(
+                mask.astype(np.float32), (width, height), interpolation=cv2.INTER_LINEAR
+            )
             mask = grown > 0.5
         fraction = float(mask.mean())
         if fraction < self.config.min_lung_fraction or contrast < self.config.min_lung_contrast:

@@ -73,7 +73,9 @@ class CropBox:
         y1 = min(max(round(self.y1 * scale_y), y0 + 1), out_h)
         out = np.zeros((out_h, out_w), dtype=np.float32)
         if region.shape != (y1 - y0, x1 - x0):
-            region = cv2.resize(region.astype(np.float32), (x1 - x0, y1 - y0), cv2.INTER_LINEAR)
+            region = cv2.resize(
+                region.astype(np.float32), (x1 - x0, y1 - y0), interpolation=cv2.INTER_LINEAR
+            )
         out[y0:y1, x0:x1] = region
         return out
 

@@ -74,7 +74,8 @@ def draw(
     index = prediction.class_index(class_name)
     drawn = overlay(gray, prediction.heatmap(index, size), opacity, colormap)
     if lungs and prediction.lungs is not None and prediction.lungs.found:
-        mask = cv2.resize(prediction.lungs.mask.astype(np.uint8), size, cv2.INTER_NEAREST)
+        mask = prediction.lungs.mask.astype(np.uint8)
+        mask = cv2.resize(mask, size, interpolation=cv2.INTER_NEAREST)
         drawn = draw_outline(drawn, mask.astype(bool))
     if lungs and prediction.cropped:
         scale = size[0] / prediction.image.size[0]
