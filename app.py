@@ -2,10 +2,25 @@
 
 The screen only: components and the events that wire them. The handlers live in ``ui/`` (one
 module per tab); the work below them in ``model.predictor`` (image → probabilities + every
-class's Grad-CAM), ``imaging`` (any upload → grayscale, overlays) and ``review`` (the store).
+class's Grad-CAM, in a process of its own: ``serving.model_process``), ``imaging`` (any upload →
+grayscale, overlays) and ``review`` (the store). This process never imports torch.
 """
 
 from __future__ import annotations
+
+from serving.model_process import (
+    LocalModel,
+    ModelProcess,
+    ModelService,
+    ModelUnavailable,
+    load_predictor,
+)
+from serving.runtime import on_spaces_gpu
+
+# `python app.py`: the model's process starts here and imports torch while this one imports
+# gradio below (docs/BENCHMARKS.md, "Cold start"). Not when app.py is imported, and not on a
+# ZeroGPU Space, whose GPU attaches to calls made in this process.
+EARLY_MODEL = ModelProcess() if __name__ == "__main__" and not on_spaces_gpu() else None
 
 import argparse
 import os
@@ -15,11 +30,8 @@ from pathlib import Path
 import gradio as gr
 from sqlalchemy.exc import SQLAlchemyError
 
-from explain.contrastive import CONFUSABLE
-from explain.methods import DEFAULT_METHOD, METHODS, TARGET_LAYERS
+from explain.choices import CONFUSABLE, DEFAULT_METHOD, METHODS, TARGET_LAYERS
 from imaging.overlay import COLORMAPS, DEFAULT_COLORMAP, DEFAULT_OPACITY
-from model.checkpoint import CheckpointError
-from model.predictor import Predictor, pick_device
 from review.agreement import SUMMARY_COLUMNS
 from review.auth import DEFAULT_HOST, parse_auth, reviews_off_reason
 from review.store import AGREEMENTS, USEFULNESS, ReviewStore
@@ -36,28 +48,29 @@ CUDA_GRAPHS_ENV = "LUNGCAM_CUDA_GRAPHS"  # "1": as --cuda-graphs
 
 
 def build_demo(
-    predictor: Predictor,
+    model: ModelService,
     max_batch_size: int = 8,
     store: ReviewStore | None = None,
     reviews_off: str = "",
 ) -> gr.Blocks:
-    """The whole screen, wired to ``predictor``; ``max_batch_size`` requests share a forward.
+    """The whole screen, wired to ``model``; ``max_batch_size`` requests share a forward.
 
     Reviews go to ``store`` (default: ``$DATABASE_URL``, else SQLite in the data folder).
     ``reviews_off`` (why, or "") switches reviews, History and exports off with a banner.
     """
-    labels = predictor.config.label_names
+    config = model.config
+    labels = config.label_names
     store = store or ReviewStore.open(data_dir())
-    predict = make_predict(predictor, max_batch_size)
+    predict = make_predict(model, max_batch_size)
     analysis = AnalyzeHandlers(predict, store.data_dir / "exports")
-    reviews = ReviewHandlers(predict, predictor.config, store, reviews_off)
-    explaining = ExplainHandlers(predictor, store.data_dir / "exports")
+    reviews = ReviewHandlers(predict, config, store, reviews_off)
+    explaining = ExplainHandlers(model, store.data_dir / "exports")
     past = HistoryHandlers(store, labels, reviews_off)
 
     with gr.Blocks(title="LungCAM", delete_cache=(3600, 3600)) as demo:
         gr.Markdown("# LungCAM — where does the chest X-ray classifier look?")
         gr.Markdown(DISCLAIMER)
-        if not predictor.config.trained:
+        if not config.trained:
             gr.Markdown("## ⚠️ This model is UNTRAINED (random weights): its outputs mean nothing.")
         if reviews_off:
             gr.Markdown(f"### 🔒 {reviews_off}", elem_id="reviews-off")
@@ -131,7 +144,7 @@ def build_demo(
                             report = gr.Button("PDF report")
                         review_status = gr.Markdown()
                         report_file = gr.File(label="Case report (PDF)")
-            gr.Markdown(f"Model: `{predictor.description}` · device: `{predictor.device}`")
+            model_line = gr.Markdown("Model: loading…")
         with gr.Tab("Explain"):
             gr.Markdown(
                 "Other CAM methods, finer layers, side-by-side and contrastive views and a "
@@ -142,7 +155,7 @@ def build_demo(
                     method = gr.Dropdown(list(METHODS), value=DEFAULT_METHOD, label="Method")
                     layer = gr.Dropdown(
                         list(TARGET_LAYERS),
-                        value=predictor.config.target_layer,
+                        value=config.target_layer,
                         label="Target layer (earlier blocks: finer maps)",
                     )
                     explain_class = gr.Dropdown(labels, value=labels[0], label="Class")
@@ -292,6 +305,7 @@ def build_demo(
         save.click(reviews.save_review, review_inputs, saved, api_name="review")
         report_inputs = [last_review, opacity, colormap, outline]
         report.click(reviews.make_report, report_inputs, report_file, api_name="report")
+        demo.load(model.describe, None, model_line, api_name=False)  # once the weights are in
         filters = [class_filter, agreement_filter, reviewer_filter]
         refreshers = [refresh.click, class_filter.input, agreement_filter.input]
         refreshers += [reviewer_filter.submit, history_tab.select, demo.load, all_columns.input]
@@ -333,15 +347,15 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     limit_malloc_arenas()
     configure_storage()
-    requested = args.cuda_graphs and not args.compile  # an explicit --compile beats the env
-    graphs = requested and pick_device(args.device).type == "cuda"
-    if requested and not graphs:
-        print("warning: CUDA graphs need a CUDA device; running without them", flush=True)
+    cuda_graphs = args.cuda_graphs and not args.compile  # an explicit --compile beats the env
+    options = {"compile": args.compile, "cuda_graphs": cuda_graphs}
     try:
-        predictor = Predictor.load(
-            args.model, args.device, compile=args.compile, cuda_graphs=graphs
-        )
-    except (CheckpointError, ValueError) as err:  # e.g. statistics of another segmenter
+        if EARLY_MODEL is None and on_spaces_gpu():
+            model: ModelService = LocalModel(load_predictor(args.model, args.device, **options))
+        else:
+            model = EARLY_MODEL or ModelProcess()
+            model.load(args.model, args.device, **options)
+    except ModelUnavailable as err:
         parser.exit(2, f"error: {err}\n")
     try:
         auth = parse_auth()  # $LUNGCAM_AUTH: required on any public host that stores reviews
@@ -351,7 +365,11 @@ def main(argv: list[str] | None = None) -> None:
     reviews_off = reviews_off_reason(args.host, auth)
     if reviews_off:
         print(f"warning: {reviews_off}", flush=True)
-    demo = build_demo(predictor, args.max_batch_size, store, reviews_off)
+    demo = build_demo(model, args.max_batch_size, store, reviews_off)
+    try:
+        model.wait_loaded()  # the screen was built meanwhile; never serve weights that failed
+    except ModelUnavailable as err:  # e.g. statistics fitted for another segmenter
+        parser.exit(2, f"error: {err}\n")
     demo.queue(default_concurrency_limit=2).launch(
         server_name=args.host,
         server_port=args.port,

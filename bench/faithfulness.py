@@ -27,9 +27,10 @@ import numpy as np
 import torch
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputSoftmaxTarget
 
-from explain.contrastive import CONFUSABLE, CONTRASTIVE_METHODS, ProbabilityMargin, contrast
+from explain.choices import CONFUSABLE, METHODS
+from explain.contrastive import CONTRASTIVE_METHODS, ProbabilityMargin, contrast
 from explain.faithfulness import ROAD_PERCENTILES, road_batch
-from explain.methods import METHODS, cam_batch
+from explain.methods import cam_batch
 from imaging.load import load_image
 from model.config import CLASS_FOLDERS
 from model.predictor import Predictor

@@ -35,8 +35,8 @@ from torch import nn
 
 from bench.run import hardware, interleaved_medians, predict_all_cams, random_images, sync_for
 from imaging.load import load_image
-from model.cam import normalise_cam
 from model.config import ModelConfig
+from model.heatmaps import normalise_cam
 from model.network import create_network
 from model.predictor import Predictor, pick_device
 

@@ -7,7 +7,8 @@ Measures, for one 2048×2048 PNG upload (a lung5 radiograph scaled up):
   functions the handler calls (decode, preprocess, model, overlay, image encode through
   Gradio's own cache writer); the rest of the end-to-end time is upload, queue and transport;
 - throughput with 1, 4 and 8 concurrent clients;
-- peak resident memory of the server (psutil samples every 50 ms, and Linux's VmHWM);
+- peak resident memory of the server and the model's process (psutil samples every 50 ms;
+  Linux's VmHWM, each process's own peak, summed);
 - side by side with a typical peer app (``../shared/bench/peer_app.py``, or ``--peer``): cold
   starts alternating, and sequential latencies alternating call by call, in the same run;
   the ratios LungCAM / peer are the figures to compare across machines.
@@ -47,11 +48,11 @@ from PIL import Image
 
 from imaging.load import load_image
 from imaging.overlay import DEFAULT_COLORMAP, DEFAULT_OPACITY, overlay
-from model.cam import normalise_cam
 from model.checkpoint import save_checkpoint
-from model.config import CLASS_FOLDERS, ModelConfig
+from model.config import CLASS_FOLDERS, ModelConfig, resolve_model_spec
+from model.heatmaps import normalise_cam
 from model.network import create_network
-from model.predictor import Predictor, resolve_model_spec
+from model.predictor import Predictor
 from serving.runtime import free_port
 from training.data import LUNG5
 from ui.common import DISPLAY_FORMAT
@@ -109,18 +110,31 @@ class Server:
         return sum(p.memory_info().rss for p in [proc, *proc.children(recursive=True)])
 
     def status_bytes(self, name: str) -> int | None:
-        """A line of Linux's ``/proc/PID/status`` (``VmHWM``, ``RssAnon``, …) in bytes.
+        """A line of Linux's ``/proc/PID/status`` (``VmHWM``, ``RssAnon``, …) in bytes, summed
+        over the server and its children (the model's process).
 
-        ``RssAnon`` is the process's own memory, without the shared library pages that RSS
+        ``RssAnon`` is the processes' own memory, without the shared library pages that RSS
         also counts (torch's CUDA libraries are most of those).
         """
-        status = Path(f"/proc/{self.process.pid}/status")
-        if not status.is_file():
+        try:
+            proc = psutil.Process(self.process.pid)
+            pids = [proc.pid, *(child.pid for child in proc.children(recursive=True))]
+        except psutil.Error:
             return None
-        for line in status.read_text().splitlines():
-            if line.startswith(f"{name}:"):
-                return int(line.split()[1]) * 1024
+        values = [_status_line(pid, name) for pid in pids]
+        return sum(v for v in values if v is not None) if any(values) else None
+
+
+def _status_line(pid: int, name: str) -> int | None:
+    status = Path(f"/proc/{pid}/status")
+    try:
+        lines = status.read_text().splitlines()
+    except OSError:
         return None
+    for line in lines:
+        if line.startswith(f"{name}:"):
+            return int(line.split()[1]) * 1024
+    return None
 
 
 def ask(client: Client, upload: Path) -> dict:

@@ -23,10 +23,10 @@ import numpy as np
 import torch
 
 from explain.methods import private_model, to_image
-from model.predictor import Prediction, Predictor
-from model.transforms import CropBox
+from model.crop import CropBox
+from model.prediction import Prediction
+from model.predictor import Predictor
 
-CONFUSABLE: tuple[str, ...] = ("Bacterial Pneumonia", "Viral Pneumonia", "COVID-19")
 CONTRASTIVE_METHODS: tuple[str, ...] = ("difference", "FinerCAM")
 DEFAULT_CONTRASTIVE = "difference"
 
@@ -66,7 +66,7 @@ def contrast(
         raise ValueError(
             f"unknown contrastive method {method!r}; choose one of {CONTRASTIVE_METHODS}"
         )
-    from pytorch_grad_cam import FinerCAM  # on first use: see explain.methods.METHODS
+    from pytorch_grad_cam import FinerCAM  # on first use: see explain.choices.METHODS
     from pytorch_grad_cam.utils.model_targets import FinerWeightedTarget
 
     box = prediction.box or CropBox.whole(prediction.image.pixels)

@@ -23,8 +23,8 @@ import torch
 from torch import nn
 
 from imaging.image import LoadedImage
+from model.crop import CropBox
 from model.predictor import Predictor
-from model.transforms import CropBox
 
 # ROAD thresholds: keep 20/40/60/80 % of the pixels: 8 sparse solves per map instead of the
 # library default's 18 (10..90 in steps of 10), so a score takes seconds, not half a minute.

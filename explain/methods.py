@@ -32,28 +32,16 @@ import numpy as np
 import torch
 from torch import nn
 
+from explain.choices import DEFAULT_METHOD, METHODS, TARGET_LAYERS
 from imaging.image import LoadedImage
-from model.cam import scale_cam
-from model.predictor import Prediction, Predictor
-from model.transforms import CropBox
+from model.crop import CropBox
+from model.heatmaps import scale_cam
+from model.prediction import Prediction
+from model.predictor import Predictor
 
 if TYPE_CHECKING:
     from pytorch_grad_cam.base_cam import BaseCAM
 
-# Each method's class in pytorch-grad-cam, by name. The library is imported on first use, not
-# at start-up: its package import loads every method, scikit-learn and matplotlib, while the
-# default view (Grad-CAM of the last block) is the predictor's own maps (docs/BENCHMARKS.md).
-METHODS: dict[str, str] = {
-    "Grad-CAM": "GradCAM",
-    "Grad-CAM++": "GradCAMPlusPlus",
-    "HiResCAM": "HiResCAM",
-    "XGrad-CAM": "XGradCAM",
-    "LayerCAM": "LayerCAM",
-    "EigenCAM": "EigenCAM",
-    "Score-CAM": "ScoreCAM",
-}
-DEFAULT_METHOD = "Grad-CAM"
-TARGET_LAYERS: tuple[str, ...] = tuple(f"features.denseblock{i}" for i in range(1, 5))
 SCORE_CAM_BATCH = 32
 _COPIES: weakref.WeakKeyDictionary[nn.Module, tuple[nn.Module, threading.Lock]] = (
     weakref.WeakKeyDictionary()

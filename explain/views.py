@@ -12,11 +12,13 @@ from pathlib import Path
 
 import numpy as np
 
+from explain.choices import DEFAULT_METHOD
 from explain.contrastive import contrast
 from explain.faithfulness import road_meaning, road_score
-from explain.methods import DEFAULT_METHOD, explain, score_cam_seconds
+from explain.methods import explain, score_cam_seconds
 from imaging.overlay import export_pngs, overlay
-from model.predictor import Prediction, Predictor
+from model.prediction import Prediction
+from model.predictor import Predictor
 
 
 def method_hint(predictor: Predictor, method: str, target_layer: str) -> str:

@@ -14,7 +14,6 @@ pytorch-grad-cam's to 1e-4.
 
 from __future__ import annotations
 
-import cv2
 import numpy as np
 import torch
 from torch import nn
@@ -89,27 +88,3 @@ class AllClassGradCAM:
         maps = maps.view(n_images, n_classes, height, width)
         # Every copy of an image pools the same features: keep the first of each.
         return logits[:, 0].detach(), maps, pooled[::n_classes].detach().float()
-
-
-def scale_cam(cam: np.ndarray, size: tuple[int, int] | None = None) -> np.ndarray:
-    """pytorch-grad-cam's ``scale_cam_image`` for one (h, w) map: shift to 0, divide by
-    (1e-7 + max), resize to ``size`` = (width, height) with ``cv2.resize``; float32.
-
-    Written out because importing the library (``pytorch_grad_cam/__init__`` loads every
-    method, scikit-learn and matplotlib) was the largest part of the app's start-up that the
-    served path did not need (docs/BENCHMARKS.md, "Cold start"); ``tests/test_gradcam.py``
-    checks it equals the library's function.
-    """
-    cam = cam - np.min(cam)
-    cam = cam / (1e-7 + np.max(cam))
-    return cv2.resize(np.float32(cam), size) if size is not None else np.float32(cam)
-
-
-def normalise_cam(raw: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """One raw map (h, w) → [0, 1] map of ``size`` = (width, height).
-
-    Scales twice, exactly as pytorch-grad-cam's ``BaseCAM`` does (scale per layer with
-    resize, then again after aggregating layers), so our maps and its maps are comparable
-    number for number.
-    """
-    return scale_cam(scale_cam(raw, size))

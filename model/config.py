@@ -10,11 +10,10 @@ fields (calibration temperature, version, the out-of-distribution statistics) si
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
-
-import torch
 
 from model.conformal import ConformalConfig
 
@@ -38,6 +37,8 @@ CONFIG_FILE = "config.json"  # beside the weights in every checkpoint folder
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 DEFAULT_TARGET_LAYER = "features.denseblock4"
+BUNDLED_MODEL = Path(__file__).resolve().parent.parent / "assets" / "model"
+MODEL_ENV = "LUNGCAM_MODEL"
 INTERPOLATIONS = ("area", "bilinear", "bicubic", "nearest")
 
 
@@ -162,15 +163,6 @@ class ModelConfig:
         return cls.from_dict(json.loads(Path(path).read_text()))
 
 
-def calibrated_softmax(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
-    """Temperature scaling (Guo et al., ICML 2017): ``softmax(logits / T)`` over classes.
-
-    The one place the checkpoint's temperature is applied: the predictor (on its device) and
-    evaluation (float64 on the CPU) both call it.
-    """
-    return torch.softmax(logits / temperature, dim=1)
-
-
 def class_index(label_names: list[str], class_name: str) -> int:
     """The index of ``class_name`` in ``label_names``, or a ``ValueError`` naming the valid ones.
 
@@ -179,3 +171,15 @@ def class_index(label_names: list[str], class_name: str) -> int:
     if class_name not in label_names:
         raise ValueError(f"unknown class {class_name!r}; choose one of {label_names}")
     return label_names.index(class_name)
+
+
+def resolve_model_spec(requested: str | None = None) -> str | None:
+    """Which checkpoint to serve: ``--model``, else ``$LUNGCAM_MODEL``, else the bundled one.
+
+    ``None`` means no checkpoint exists: the app then runs untrained weights with a banner.
+    """
+    if requested:
+        return requested
+    if os.environ.get(MODEL_ENV):
+        return os.environ[MODEL_ENV]
+    return str(BUNDLED_MODEL) if (BUNDLED_MODEL / CONFIG_FILE).is_file() else None

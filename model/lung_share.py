@@ -11,7 +11,7 @@ energy inside the segmenter's lung mask (``model.segmenter.heatmap_share_on_lung
 
 from __future__ import annotations
 
-from model.predictor import Prediction
+from model.prediction import Prediction
 
 # Below this share of the top class's heatmap on the lungs, the screen warns: the map lies
 # "mostly outside" the lungs. (A map spread evenly over the film scores the lungs' area share,

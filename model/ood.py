@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 
 from imaging.image import LoadedImage
-from model.segmenter import LungMask
+from model.lungs import LungMask
 
 MAX_SATURATION = 0.05  # lung5 radiographs: 0; colour photos: 0.1 and more
 ASPECT_RANGE = (0.5, 2.0)  # width / height; lung5 spans 0.82 to 1.62

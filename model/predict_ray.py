@@ -24,8 +24,9 @@ import ray.data
 
 from imaging.load import load_or_reason
 from imaging.overlay import DEFAULT_COLORMAP, DEFAULT_OPACITY
+from model.prediction import Prediction
 from model.prediction_rows import OVERLAY_DIR, Row, csv_cells, draw_overlay
-from model.predictor import Prediction, Predictor
+from model.predictor import Predictor
 
 Batch = dict[str, np.ndarray]
 

@@ -16,7 +16,7 @@ from PIL import Image
 from imaging.overlay import overlay
 from model import lung_share
 from model.ood import headline, input_warnings
-from model.predictor import Prediction
+from model.prediction import Prediction
 
 CSV_NAME = "predictions.csv"
 OVERLAY_DIR = "overlays"

@@ -6,41 +6,25 @@ checkpoint once, then image → calibrated probabilities + every class's Grad-CA
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 
-import cv2
 import numpy as np
 import torch
 from torch import nn
 
-from imaging.image import LoadedImage, fit_within
-from model.cam import AllClassGradCAM, normalise_cam
+from imaging.image import LoadedImage
+from model.cam import AllClassGradCAM
 from model.checkpoint import load_checkpoint
-from model.config import CONFIG_FILE, ModelConfig, calibrated_softmax, class_index
+from model.config import CONFIG_FILE, ModelConfig, resolve_model_spec
+from model.crop import CropBox, lung_box
 from model.cudagraph import capture_for
+from model.lungs import LungMask
 from model.network import create_network
-from model.ood import OODCheck, assess, load_feature_stats, load_whole_image_stats
-from model.segmenter import DEFAULT_SEGMENTER, LungMask, LungSegmenter, heatmap_share_on_lungs
-from model.transforms import CropBox, build_transform, lung_box, to_tensor
-
-BUNDLED_MODEL = Path(__file__).resolve().parent.parent / "assets" / "model"
-MODEL_ENV = "LUNGCAM_MODEL"
-SHARE_GRID = 256
-
-
-def resolve_model_spec(requested: str | None = None) -> str | None:
-    """Which checkpoint to serve: ``--model``, else ``$LUNGCAM_MODEL``, else the bundled one.
-
-    ``None`` means no checkpoint exists: the app then runs untrained weights with a banner.
-    """
-    if requested:
-        return requested
-    if os.environ.get(MODEL_ENV):
-        return os.environ[MODEL_ENV]
-    return str(BUNDLED_MODEL) if (BUNDLED_MODEL / CONFIG_FILE).is_file() else None
+from model.ood import assess, load_feature_stats, load_whole_image_stats
+from model.prediction import Prediction
+from model.segmenter import DEFAULT_SEGMENTER, LungSegmenter
+from model.transforms import build_transform, to_tensor
 
 
 def load_segmenter(requested: str | None, checkpoint: str | None) -> LungSegmenter | None:
@@ -62,87 +46,6 @@ def pick_device(requested: str | None = None) -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-@dataclass
-class Prediction:
-    """One image's result: calibrated probabilities and raw CAMs for every class."""
-
-    label_names: list[str]
-    probabilities: np.ndarray  # (K,), softmax(logits / temperature)
-    logits: np.ndarray  # (K,)
-    raw_cams: np.ndarray  # (K, h, w) at feature-map resolution, before normalisation
-    image: LoadedImage
-    features: np.ndarray | None = None  # (D,) pooled pre-logit features of the same forward
-    ood: OODCheck = field(default_factory=OODCheck)  # the not-a-chest-X-ray guard's verdict
-    box: CropBox | None = None  # the part of the image the network saw (None: all of it)
-    lungs: LungMask | None = None  # the lung fields, when a segmenter is loaded
-    prediction_set: list[str] | None = None  # conformal set, most probable first (None: no sets)
-    set_alpha: float | None = None  # the set's miscoverage level α (a 1 − α set)
-
-    @property
-    def uncertain(self) -> bool | None:
-        """More than one class in the conformal set (None: the model has no sets)."""
-        return None if self.prediction_set is None else len(self.prediction_set) > 1
-
-    @property
-    def top_index(self) -> int:
-        return int(np.argmax(self.probabilities))
-
-    @property
-    def top_label(self) -> str:
-        return self.label_names[self.top_index]
-
-    def class_index(self, class_name: str) -> int:
-        """The index of ``class_name``, or a ``ValueError`` naming the valid classes."""
-        return class_index(self.label_names, class_name)
-
-    def confidences(self) -> dict[str, float]:
-        pairs = zip(self.label_names, self.probabilities, strict=True)
-        return {name: float(p) for name, p in pairs}
-
-    @property
-    def cropped(self) -> bool:
-        """Whether the network saw only part of the image (its lung fields)."""
-        return self.box is not None and not self.box.covers(self.image.pixels)
-
-    def heatmap(self, class_index: int, size: tuple[int, int] | None = None) -> np.ndarray:
-        """Class ``class_index``'s map in [0, 1] at ``size`` (width, height), default image size.
-
-        When the network saw a crop, the map covers the crop and is 0 outside it.
-        """
-        if not 0 <= class_index < len(self.label_names):
-            raise ValueError(
-                f"class index {class_index} out of range 0..{len(self.label_names) - 1}"
-            )
-        return self.to_image(self.raw_cams[class_index], size)
-
-    def to_image(self, raw: np.ndarray, size: tuple[int, int] | None = None) -> np.ndarray:
-        """A raw (h, w) CAM of what the network saw → [0, 1] map over the image at ``size``
-        (default the image's own), 0 outside the crop."""
-        size = size or self.image.size
-        if not self.cropped:
-            return normalise_cam(raw, size)
-        return self.place(normalise_cam(raw, self.box.size), size)
-
-    def place(self, seen: np.ndarray, size: tuple[int, int] | None = None) -> np.ndarray:
-        """A map over what the network saw (any resolution) → over the whole image at ``size``
-        (default the image's own), 0 outside the crop."""
-        size = size or self.image.size
-        box = self.box if self.cropped else CropBox.whole(self.image.pixels)
-        return box.paste(seen, self.image.size, size)
-
-    def lung_share(self, class_index: int) -> float | None:
-        """Share of class ``class_index``'s heatmap energy on the lung fields (None: not found).
-
-        Computed on a grid of at most ``SHARE_GRID`` px a side: the 7×7 map holds no finer
-        detail, and a 2048² upload would otherwise cost a full-size map per class.
-        """
-        if self.lungs is None or not self.lungs.found:
-            return None
-        size = fit_within(self.image.size, SHARE_GRID)
-        mask = cv2.resize(self.lungs.mask.astype(np.uint8), size, interpolation=cv2.INTER_NEAREST)
-        return heatmap_share_on_lungs(self.heatmap(class_index, size), mask.astype(bool))
-
-
 def pick_autocast(device: torch.device, amp: bool | None = None) -> torch.dtype | None:
     """The trunk's autocast dtype when ``amp`` is true: bf16 (fp16 on CUDA without bf16).
 
@@ -154,6 +57,15 @@ def pick_autocast(device: torch.device, amp: bool | None = None) -> torch.dtype 
     if device.type == "cuda" and not torch.cuda.is_bf16_supported():
         return torch.float16
     return torch.bfloat16
+
+
+def calibrated_softmax(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """Temperature scaling (Guo et al., ICML 2017): ``softmax(logits / T)`` over classes.
+
+    The one place the checkpoint's temperature is applied: the predictor (on its device) and
+    evaluation (float64 on the CPU) both call it.
+    """
+    return torch.softmax(logits / temperature, dim=1)
 
 
 class Predictor:

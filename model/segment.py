@@ -26,11 +26,12 @@ from PIL import Image
 from tqdm import tqdm
 
 from imaging.load import decoded_batches
+from model.lungs import LungMask
 
 # Input expansion and output naming are model.predict's, shared on purpose so that both CLIs
 # accept the same INPUTS (they may move to a common module when the package is restructured).
 from model.predict import expand_inputs, overlay_name
-from model.segmenter import LungMask, LungSegmenter
+from model.segmenter import LungSegmenter
 
 CSV_NAME = "segmentation.csv"
 

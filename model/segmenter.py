@@ -34,6 +34,7 @@ from torch import nn
 
 from imaging.image import fit_within
 from model.checkpoint import file_sha256
+from model.lungs import LungMask
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -104,21 +105,6 @@ class SegmenterConfig:
         return cls(**data)
 
 
-@dataclass
-class LungMask:
-    """A segmentation: the boolean mask at the image's own size and whether lungs were found."""
-
-    mask: np.ndarray  # (H, W) bool; all False when ``found`` is False
-    found: bool
-    lung_fraction: float  # share of the image's pixels inside the mask (0 when not found)
-    components: int  # connected lung regions kept (0, 1 or 2)
-    contrast: float = 0.0  # how much darker the mask is than its surroundings (see config)
-    # The encoder's features of the whole image, each stage averaged over space and joined:
-    # what the not-a-chest-X-ray guard compares with chest X-rays (``model.ood``), since the
-    # classifier itself sees only the lung crop. None when not computed.
-    features: np.ndarray | None = None
-
-
 def create_segmenter_network(config: SegmenterConfig) -> nn.Module:
     """The smp network the config names, with random weights (never downloads any)."""
     import segmentation_models_pytorch as smp
@@ -159,29 +145,6 @@ def keep_lungs(mask: np.ndarray, count: int = 2) -> tuple[np.ndarray, int]:
     for label in kept:  # fill each lung separately so the gap between them stays open
         cleaned |= ndimage.binary_fill_holes(labels == label)
     return cleaned, len(kept)
-
-
-def heatmap_share_on_lungs(heatmap: np.ndarray, mask: np.ndarray) -> float | None:
-    """Share of a heatmap's energy inside the lung mask, in [0, 1]; None when the mask is empty.
-
-    The heatmap is resized (bilinear) to the mask's size and min-max normalised to [0, 1];
-    the share is ``sum(h inside mask) / sum(h)``. A constant heatmap carries no localisation,
-    so it is treated as uniform and the share equals the mask's area fraction.
-    """
-    heat = np.asarray(heatmap, dtype=np.float32)
-    mask = np.asarray(mask, dtype=bool)
-    if heat.ndim != 2 or mask.ndim != 2:
-        raise ValueError(f"heatmap and mask must be 2-D; got shapes {heat.shape} and {mask.shape}")
-    if not mask.any():
-        return None
-    if heat.shape != mask.shape:
-        heat = cv2.resize(heat, (mask.shape[1], mask.shape[0]), interpolation=cv2.INTER_LINEAR)
-    heat = np.nan_to_num(heat, nan=0.0, posinf=0.0, neginf=0.0)
-    low, high = float(heat.min()), float(heat.max())
-    if high <= low:
-        return float(mask.mean())
-    heat = (heat - low) / (high - low)
-    return float(heat[mask].sum() / heat.sum())
 
 
 def dice(prediction: np.ndarray, truth: np.ndarray) -> float:

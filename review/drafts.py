@@ -20,7 +20,7 @@ from review.schema import MAX_REVIEWER
 
 if TYPE_CHECKING:
     from model.config import ModelConfig
-    from model.predictor import Prediction
+    from model.prediction import Prediction
 
 AGREEMENTS = ("agree", "disagree")
 USEFULNESS = range(1, 6)

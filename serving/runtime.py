@@ -14,11 +14,12 @@ import ctypes.util
 import importlib.util
 import os
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Protocol
 
 from imaging.image import LoadedImage
-from model.predictor import Prediction, Predictor
+from model.prediction import Prediction
 from serving.batching import MicroBatcher
 
 DATA_ENV = "LUNGCAM_DATA_DIR"
@@ -70,17 +71,26 @@ def on_spaces_gpu() -> bool:
     return importlib.util.find_spec("spaces") is not None
 
 
+class Predicts(Protocol):
+    """What ``make_predict`` needs of the model (``serving.model_process.ModelService``)."""
+
+    def predict(self, image: LoadedImage) -> Prediction: ...
+
+    def predict_many(self, images: Sequence[LoadedImage]) -> list[Prediction]: ...
+
+
 def make_predict(
-    predictor: Predictor, max_batch_size: int = 8
+    model: Predicts, max_batch_size: int = 8
 ) -> Callable[[LoadedImage], Prediction]:
-    """The app's model call: micro-batched, or wrapped in ``spaces.GPU`` on a ZeroGPU Space."""
+    """The app's model call: micro-batched, or wrapped in ``spaces.GPU`` on a ZeroGPU Space
+    (where ``model`` is a ``LocalModel``: the GPU is attached to the main process)."""
     if on_spaces_gpu():
         import spaces
 
-        return spaces.GPU(predictor.predict)
+        return spaces.GPU(model.predict)
     if max_batch_size == 1:
-        return predictor.predict
-    return MicroBatcher(predictor.predict_many, max_batch_size).submit
+        return model.predict
+    return MicroBatcher(model.predict_many, max_batch_size).submit
 
 
 def free_port(host: str = "127.0.0.1") -> int:

@@ -11,6 +11,7 @@ from imaging.load import load_image
 from imaging.overlay import DEFAULT_COLORMAP, DEFAULT_OPACITY
 from model.predictor import Predictor
 from review.store import ReviewStore
+from serving.model_process import LocalModel
 from tests.conftest import predict_api
 
 pytestmark = pytest.mark.slow
@@ -45,11 +46,14 @@ def test_bad_file_is_an_error_and_the_server_keeps_serving(client, real_image, t
 
 def test_screen_shows_disclaimer_model_and_untrained_banner(tiny_checkpoint, tmp_path):
     store = ReviewStore.open(tmp_path)
-    demo = app.build_demo(Predictor.load(str(tiny_checkpoint), "cpu"), store=store)
+    model = LocalModel(Predictor.load(str(tiny_checkpoint), "cpu"))
+    demo = app.build_demo(model, store=store)
     text = " ".join(str(getattr(block, "value", "")) for block in demo.blocks.values())
     assert "not a diagnostic device" in text
     assert "UNTRAINED" in text
-    assert "densenet201" in text and "device: `cpu`" in text
+    # The model line is filled when the page loads (the weights may still be loading before).
+    assert any(fn.fn == model.describe for fn in demo.fns.values())
+    assert "densenet201" in model.describe() and "device: `cpu`" in model.describe()
 
 
 def test_examples_are_real_and_small():

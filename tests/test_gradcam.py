@@ -9,9 +9,10 @@ import torch
 
 from bench.graphs import normalised_maps, reference_maps
 from imaging.load import load_image
-from model.cam import AllClassGradCAM, scale_cam
+from model.cam import AllClassGradCAM
 from model.config import ModelConfig
 from model.cudagraph import capture_cuda_graph
+from model.heatmaps import scale_cam
 from model.network import create_network
 from model.predictor import Predictor
 from tests.conftest import BUNDLED_MODEL, REPO, lung5_images

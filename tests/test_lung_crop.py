@@ -7,10 +7,10 @@ import torch
 
 from imaging.image import LoadedImage
 from model.config import ModelConfig
+from model.crop import CropBox, lung_box
+from model.lungs import LungMask
 from model.network import create_network
 from model.predictor import Predictor
-from model.segmenter import LungMask
-from model.transforms import CropBox, lung_box
 
 SIZE = 64
 

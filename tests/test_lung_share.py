@@ -11,10 +11,11 @@ from PIL import Image
 
 from imaging.load import load_image
 from model import lung_share
+from model.crop import CropBox
+from model.lungs import LungMask
 from model.ood import NO_LUNGS_REASON
-from model.predictor import Prediction, Predictor
-from model.segmenter import LungMask
-from model.transforms import CropBox
+from model.prediction import Prediction
+from model.predictor import Predictor
 from tests.conftest import lung5_images
 from ui.analyze import AnalyzeHandlers
 from ui.common import draw

@@ -12,15 +12,8 @@ import torch
 from PIL import Image
 from pytorch_grad_cam.base_cam import BaseCAM
 
-from explain.methods import (
-    DEFAULT_METHOD,
-    METHODS,
-    TARGET_LAYERS,
-    cam_batch,
-    explain,
-    score_cam_seconds,
-    to_image,
-)
+from explain.choices import DEFAULT_METHOD, METHODS, TARGET_LAYERS
+from explain.methods import cam_batch, explain, score_cam_seconds, to_image
 from explain.views import (
     contrast_overlay,
     faithfulness_line,
@@ -30,9 +23,9 @@ from explain.views import (
 )
 from imaging.load import load_image
 from model.config import ModelConfig
+from model.crop import CropBox
 from model.network import create_network
 from model.predictor import Predictor
-from model.transforms import CropBox
 from tests.conftest import lung5_images, predict_api
 
 # Score-CAM needs one forward per channel: 1920 on denseblock4, 256 on denseblock1.

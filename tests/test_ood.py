@@ -13,9 +13,9 @@ from imaging.image import LoadedImage
 from imaging.load import load_image
 from model import ood
 from model.config import ModelConfig
+from model.lungs import LungMask
 from model.ood import OODCheck, assess, check_image, describe
 from model.predictor import Predictor
-from model.segmenter import LungMask
 from tests.conftest import BUNDLED_MODEL, LUNG5, REPO, lung5_images
 from training import ood_fit
 from training.ood_fit import fit_feature_stats

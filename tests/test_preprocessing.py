@@ -10,7 +10,8 @@ from PIL import Image
 from imaging.image import rescale_to_uint8
 from imaging.load import load_image, to_grayscale_uint8
 from model.config import ModelConfig
-from model.transforms import CropBox, build_transform, lung_box, to_tensor
+from model.crop import CropBox, lung_box
+from model.transforms import build_transform, to_tensor
 
 GRADIENT = np.tile(np.linspace(0, 255, 128).astype(np.uint8), (96, 1))  # 96×128, left dark
 

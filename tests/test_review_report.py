@@ -143,8 +143,8 @@ def test_pdf_states_the_heatmaps_share_on_the_lungs(store, tmp_path, found):
     from imaging.image import LoadedImage
     from model import lung_share
     from model.config import ModelConfig
-    from model.predictor import Prediction
-    from model.segmenter import LungMask
+    from model.lungs import LungMask
+    from model.prediction import Prediction
     from ui.review import ReviewHandlers
 
     pdftotext = _poppler("pdftotext")

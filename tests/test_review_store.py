@@ -19,7 +19,7 @@ from PIL import Image
 
 from imaging.image import LoadedImage
 from model.config import ModelConfig
-from model.predictor import Prediction
+from model.prediction import Prediction
 from review.store import (
     Base,
     ReviewDraft,

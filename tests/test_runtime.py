@@ -14,6 +14,7 @@ import torch
 
 from imaging.load import load_image
 from model.predictor import Predictor, pick_autocast
+from serving.model_process import LocalModel
 from serving.runtime import (
     DATA_ENV,
     configure_storage,
@@ -50,7 +51,7 @@ def predictor(tiny_checkpoint):
 @pytest.mark.parametrize(("max_batch_size", "kind"), [(1, "predict"), (8, "submit")])
 def test_make_predict_batches_unless_told_not_to(predictor, monkeypatch, max_batch_size, kind):
     monkeypatch.setattr("serving.runtime.on_spaces_gpu", lambda: False)
-    assert make_predict(predictor, max_batch_size).__name__ == kind
+    assert make_predict(LocalModel(predictor), max_batch_size).__name__ == kind
 
 
 def test_make_predict_uses_spaces_gpu_when_the_package_is_there(predictor, monkeypatch):
@@ -58,7 +59,8 @@ def test_make_predict_uses_spaces_gpu_when_the_package_is_there(predictor, monke
     spaces.__spec__ = importlib.machinery.ModuleSpec("spaces", None)
     spaces.GPU = lambda fn: ("on-gpu", fn)
     monkeypatch.setitem(sys.modules, "spaces", spaces)
-    assert make_predict(predictor) == ("on-gpu", predictor.predict)
+    model = LocalModel(predictor)
+    assert make_predict(model) == ("on-gpu", model.predict)
 
 
 @pytest.mark.parametrize(("amp", "expected"), [(None, None), (False, None), (True, torch.bfloat16)])

@@ -22,7 +22,8 @@ import pytest
 import torch
 from scipy.stats import spearmanr
 
-from explain.methods import METHODS, cam_batch
+from explain.choices import METHODS
+from explain.methods import cam_batch
 from imaging.load import load_image
 from model.network import create_network
 from model.predictor import Predictor

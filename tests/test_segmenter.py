@@ -14,16 +14,16 @@ import torch
 from PIL import Image
 
 from imaging.load import load_image
+from model.crop import lung_box
+from model.lungs import heatmap_share_on_lungs
 from model.segment import CSV_NAME, main
 from model.segmenter import (
     DEFAULT_SEGMENTER,
     LungSegmenter,
     dice,
-    heatmap_share_on_lungs,
     keep_lungs,
     lung_contrast,
 )
-from model.transforms import lung_box
 from tests.conftest import LUNG5
 
 LUNGMASK = LUNG5.parent / "lungmask"  # lungmask sits beside lung5 (LUNGCAM_DATA moves both)

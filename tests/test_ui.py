@@ -11,6 +11,7 @@ import pytest
 import ui.analyze
 from model.predictor import Predictor
 from review.store import ReviewStore
+from serving.model_process import LocalModel
 from tests.conftest import lung5_images
 from ui.analyze import AnalyzeHandlers
 from ui.common import Case
@@ -121,7 +122,7 @@ def test_saving_a_review_of_another_image_analyses_it_once(counted, predictor, s
 
 
 def test_explain_needs_an_analysed_case_and_names_bad_choices(predictor, tmp_path):
-    handlers = ExplainHandlers(predictor, tmp_path)
+    handlers = ExplainHandlers(LocalModel(predictor), tmp_path)
     with pytest.raises(gr.Error, match="Analyze an image first"):
         handlers.faithfulness(None, "Grad-CAM", "Normal", predictor.config.target_layer)
     case = Case("x.png", predictor.predict(predictor_image(0)))
@@ -226,7 +227,7 @@ def test_explain_defaults_follow_the_prediction(predictor):
 
 
 def test_score_cam_requests_go_to_their_own_queue_only(predictor, tmp_path):
-    handlers = ExplainHandlers(predictor, tmp_path)
+    handlers = ExplainHandlers(LocalModel(predictor), tmp_path)
     case = Case("x.png", predictor.predict(predictor_image(0)))
     layer = "features.denseblock1"  # 256 channels: the quickest Score-CAM
     look = (0.45, "jet", False)

@@ -26,9 +26,9 @@ import torch
 from tqdm import tqdm
 
 from imaging.load import decoded_batches
-from model.config import CONFIG_FILE, ModelConfig, calibrated_softmax
+from model.config import CONFIG_FILE, ModelConfig, resolve_model_spec
 from model.conformal import DEFAULT_ALPHA, DEFAULT_METHOD, METHODS, check_alpha
-from model.predictor import Predictor, resolve_model_spec
+from model.predictor import Predictor, calibrated_softmax
 from training.conformal import coverage_report, fit_conformal, format_report
 from training.data import ImageRecord
 from training.sources import scan_folders

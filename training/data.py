@@ -21,7 +21,8 @@ from torch.utils.data import Dataset
 from imaging.image import SUPPORTED_SUFFIXES, ImageInputError
 from imaging.load import load_image
 from model.config import CLASS_FOLDERS
-from model.transforms import CropBox, to_tensor
+from model.crop import CropBox
+from model.transforms import to_tensor
 
 log = logging.getLogger(__name__)
 IMAGE_SUFFIXES = SUPPORTED_SUFFIXES

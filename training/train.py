@@ -43,9 +43,10 @@ from tqdm import tqdm
 
 from model.checkpoint import load_checkpoint, save_checkpoint
 from model.config import ModelConfig
+from model.crop import CropBox, lung_box
 from model.network import create_network
 from model.segmenter import LungSegmenter
-from model.transforms import CropBox, build_transform, lung_box
+from model.transforms import build_transform
 from training.calibrate import fit_temperature
 from training.data import XrayDataset, class_counts, subsample
 from training.distributed import Ranks, process_group

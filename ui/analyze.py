@@ -17,20 +17,21 @@ from imaging.overlay import save_png
 from model import lung_share
 from model.conformal import describe_set
 from model.ood import headline
-from model.predictor import Prediction
+from model.prediction import Prediction
+from serving.model_process import ModelUnavailable
 from serving.runtime import data_dir
 from ui.common import Case, describe_input, draw, label_value, shown_pixels
 
 
 def analyze_upload(predict: Callable[[LoadedImage], Prediction], path: str | None) -> Case:
-    """Decode the upload at ``path`` once and predict once; a bad file becomes ``gr.Error``."""
+    """Decode the upload at ``path`` once and predict once; a bad file, or a model process that
+    stopped on it, becomes ``gr.Error``."""
     if path is None:
         raise gr.Error("Upload a chest X-ray (PNG, JPEG or DICOM) first.")
     try:
-        image = load_image(path)
-    except ImageInputError as err:
+        return Case(path, predict(load_image(path)))
+    except (ImageInputError, ModelUnavailable) as err:
         raise gr.Error(str(err)) from err
-    return Case(path, predict(image))
 
 
 SET_HIDDEN = "**Prediction set:** hidden with the class scores (tick “show anyway” to see both)."

@@ -13,7 +13,7 @@ from gradio.components.label import LabelConfidence, LabelData
 from imaging.image import LoadedImage, fit_within
 from imaging.overlay import colorbar_stops, draw_box, draw_outline, overlay
 from model.ood import OODCheck, headline, input_warnings
-from model.predictor import Prediction
+from model.prediction import Prediction
 from review.drafts import new_review_id
 
 # Overlays are shown as JPEG (a 2048² PNG took ~740 ms to encode, JPEG 12 ms) and at most

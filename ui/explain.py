@@ -1,29 +1,21 @@
 """Explain tab: other CAM methods, side by side, contrastive maps and ROAD, for the cached case.
 
-The work is in ``explain.views``; these handlers only check that a case was analysed and turn
-bad choices into ``gr.Error``.
+The work is in ``explain.views``, run by name where the model is (``ModelService.call``);
+these handlers only check that a case was analysed and turn bad choices into ``gr.Error``.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import gradio as gr
 
-from explain.views import (
-    contrast_overlay,
-    faithfulness_line,
-    method_hint,
-    method_overlay,
-    side_by_side,
-)
-from model.predictor import Predictor
+from serving.model_process import ModelService, ModelUnavailable
 from ui.common import Case
 
-TQDM = gr.Progress(track_tqdm=True)  # shows Score-CAM's own tqdm progress bar
+TQDM = gr.Progress(track_tqdm=True)  # Score-CAM's tqdm bar, when the model is in this process
 
 
 SLOW_METHOD = "Score-CAM"  # minutes on CPU: runs in its own queue, one at a time
@@ -37,28 +29,29 @@ def is_slow(methods: str | list[str] | None) -> bool:
 
 
 class ExplainHandlers:
-    """The Explain tab's events on ``predictor``; PNG downloads go under ``exports``.
+    """The Explain tab's events on ``model``; PNG downloads go under ``exports``.
 
     Each action is wired twice, to a fast queue and to Score-CAM's own queue (limit 1); the
     ``slow`` flag says which one a handler serves, and it skips (``gr.skip()``) requests that
     belong to the other, so nobody's Grad-CAM waits behind someone's Score-CAM.
     """
 
-    def __init__(self, predictor: Predictor, exports: Path) -> None:
-        self.predictor = predictor
+    def __init__(self, model: ModelService, exports: Path) -> None:
+        self.model = model
         self.exports = exports
         self.score_cam_runs: dict[str, float] = {}  # target layer → seconds of the last run
 
-    def explained(self, view: Callable[..., Any], case: Case | None, *choices: Any) -> Any:
-        """Any Explain-tab view of the cached case; bad choices become ``gr.Error``."""
+    def explained(self, view: str, case: Case | None, *choices: Any) -> Any:
+        """The cached case's ``view`` (a name in ``explain.views``); bad choices and a stopped
+        model process become ``gr.Error``."""
         if case is None:
             raise gr.Error("Analyze an image first (Analyze tab).")
         try:
-            return view(self.predictor, case.prediction, *choices)
-        except ValueError as err:
+            return self.model.call(view, case.prediction, *choices)
+        except (ValueError, ModelUnavailable) as err:
             raise gr.Error(str(err)) from err
 
-    def timed(self, slow: bool, layer: str, view: Callable[..., Any], *args: Any) -> Any:
+    def timed(self, slow: bool, layer: str, view: str, *args: Any) -> Any:
         """Run ``view``; a Score-CAM run's duration becomes the next estimate for ``layer``."""
         start = time.perf_counter()
         result = self.explained(view, *args)
@@ -73,7 +66,7 @@ class ExplainHandlers:
         if is_slow(method) != slow:
             return gr.skip(), gr.skip()
         look = (opacity, colormap, contour, self.exports / "heatmaps")
-        return self.timed(slow, layer, method_overlay, case, method, class_name, layer, *look)
+        return self.timed(slow, layer, "method_overlay", case, method, class_name, layer, *look)
 
     def compare(
         self, case, methods, class_name, layer, opacity, colormap, contour, slow=False,
@@ -83,18 +76,18 @@ class ExplainHandlers:
         if is_slow(methods) != slow:
             return gr.skip()
         look = (opacity, colormap, contour)
-        return self.timed(slow, layer, side_by_side, case, methods, class_name, layer, *look)
+        return self.timed(slow, layer, "side_by_side", case, methods, class_name, layer, *look)
 
     def contrasted(self, case, class_a, class_b, opacity, colormap, contour):
         """Where the image speaks for class A rather than class B."""
         look = (opacity, colormap, contour)
-        return self.explained(contrast_overlay, case, class_a, class_b, *look)
+        return self.explained("contrast_overlay", case, class_a, class_b, *look)
 
     def faithfulness(self, case, method, class_name, layer, slow=False, progress=TQDM):
         """The ROAD score of the shown map, as one line."""
         if is_slow(method) != slow:
             return gr.skip()
-        return self.timed(slow, layer, faithfulness_line, case, method, class_name, layer)
+        return self.timed(slow, layer, "faithfulness_line", case, method, class_name, layer)
 
     @staticmethod
     def defaults(case: Case | None) -> tuple[Any, Any, Any]:
@@ -115,7 +108,7 @@ class ExplainHandlers:
                 f"⏳ Score-CAM: about {seconds:.0f} s — its last run on this layer here took "
                 f"{seconds:.0f} s. It runs in its own queue, one at a time; Cancel stops it."
             )
-        hint = method_hint(self.predictor, method_name, target_layer)
+        hint = self.model.call("method_hint", method_name, target_layer)
         if method_name == SLOW_METHOD:
             hint += " It runs in its own queue, one at a time; Cancel stops it."
         return hint

@@ -12,7 +12,7 @@ from imaging.image import LoadedImage
 from model import lung_share
 from model.config import ModelConfig
 from model.ood import headline, input_warnings
-from model.predictor import Prediction
+from model.prediction import Prediction
 from review.report import write_case_report
 from review.store import Review, ReviewStore, draft_from_prediction
 from ui.analyze import analyze_upload

@@ -1,0 +1,362 @@
+"""The model in a process of its own, so that the web server never imports torch.
+
+``python app.py`` starts this process before it imports gradio: torch, timm and the weights
+load on one core while gradio loads on the other (cold start, docs/BENCHMARKS.md). The
+server keeps serving when the model's process dies (say, killed for memory): that request
+gets a clear error, the process is started again and loads the same weights.
+
+- ``ModelService``: what the screen needs of the model, wherever it runs: its config, a
+  batched ``predict_many`` and the Explain tab's views (``call``).
+- ``LocalModel``: the model in this process (tests, and ZeroGPU Spaces, where ``spaces.GPU``
+  must wrap a call made in the main process).
+- ``ModelProcess``: the model in a child process (``python -m serving.model_process``, started
+  by it; not meant to be run by hand). Requests from many server threads are in flight at
+  once and run on threads there, as they would here.
+
+The two talk over a ``multiprocessing.connection`` with a random key, in pickled tuples:
+server → model ``("load", options)``, then ``("call", id, operation, args)``; model → server
+``("loaded", config, device)`` or ``("failed", message)``, then ``("done", id, result)`` or
+``("raised", id, error)``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import os
+import pickle
+import secrets
+import subprocess
+import sys
+import threading
+from concurrent.futures import Future, ThreadPoolExecutor
+from multiprocessing.connection import Client, Connection, Listener
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from model.config import CONFIG_FILE, ModelConfig, resolve_model_spec
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from imaging.image import LoadedImage
+    from model.prediction import Prediction
+    from model.predictor import Predictor
+
+REPO = Path(__file__).resolve().parent.parent
+ADDRESS_ENV = "LUNGCAM_MODEL_PROCESS_ADDRESS"
+KEY_ENV = "LUNGCAM_MODEL_PROCESS_KEY"
+# The Explain tab's views (``explain.views``), called by name: the server cannot hold the
+# functions themselves without importing torch.
+VIEWS = ("method_overlay", "side_by_side", "contrast_overlay", "faithfulness_line", "method_hint")
+THREADS = 8  # requests run at once in the model's process: the server's queues allow fewer
+
+
+class ModelUnavailable(RuntimeError):
+    """The model could not be loaded, or its process stopped while working on a request."""
+
+
+def load_predictor(
+    spec: str | None, device: str | None, *, compile: bool = False, cuda_graphs: bool = False
+) -> Predictor:
+    """``Predictor.load`` as the app asks for it: CUDA graphs only on a CUDA device (else a
+    warning); a checkpoint that cannot be used (``ValueError``, ``OSError``) becomes
+    ``ModelUnavailable`` with its message."""
+    from model.predictor import Predictor, pick_device
+
+    graphs = cuda_graphs and pick_device(device).type == "cuda"
+    if cuda_graphs and not graphs:
+        print("warning: CUDA graphs need a CUDA device; running without them", flush=True)
+    try:
+        return Predictor.load(spec, device, compile=compile, cuda_graphs=graphs)
+    except (ValueError, OSError) as err:  # e.g. statistics fitted for another segmenter
+        raise ModelUnavailable(str(err)) from err
+
+
+def run_operation(predictor: Predictor, operation: str, *args: Any) -> Any:
+    """``predictor.predict_many(*args)``, or one of ``explain.views``' views with ``predictor``
+    as its first argument: what ``ModelService.call`` runs, in the process holding the model."""
+    if operation == "predict_many":
+        return predictor.predict_many(*args)
+    if operation not in VIEWS:
+        raise ValueError(f"unknown model operation {operation!r}; known: predict_many, {VIEWS}")
+    from explain import views  # torch: only in the process that holds the model
+
+    return getattr(views, operation)(predictor, *args)
+
+
+class ModelService:
+    """What the screen needs of the model: its config, predictions, the Explain views."""
+
+    config: ModelConfig
+
+    def call(self, operation: str, *args: Any) -> Any:
+        """Run ``run_operation(predictor, operation, *args)`` where the model is."""
+        raise NotImplementedError
+
+    def describe(self) -> str:
+        """One line naming the weights and the device, for the screen."""
+        raise NotImplementedError
+
+    def wait_loaded(self, timeout: float | None = None) -> None:
+        """Block until the weights are loaded (``ModelUnavailable`` if they cannot be)."""
+
+    def predict_many(self, images: Sequence[LoadedImage]) -> list[Prediction]:
+        return self.call("predict_many", list(images))
+
+    def predict(self, image: LoadedImage) -> Prediction:
+        return self.predict_many([image])[0]
+
+
+class LocalModel(ModelService):
+    """``predictor`` itself, in this process."""
+
+    def __init__(self, predictor: Predictor) -> None:
+        self.predictor = predictor
+        self.config = predictor.config
+
+    def call(self, operation: str, *args: Any) -> Any:
+        return run_operation(self.predictor, operation, *args)
+
+    def describe(self) -> str:
+        return f"Model: `{self.predictor.description}` · device: `{self.predictor.device}`"
+
+    def predict(self, image: LoadedImage) -> Prediction:
+        return self.predictor.predict(image)  # one name for spaces.GPU to wrap
+
+
+def folder_config(spec: str | None) -> ModelConfig | None:
+    """The config of checkpoint ``spec`` read without torch: a folder's ``config.json``, the
+    default config when there is no checkpoint (untrained weights), None when only loading the
+    weights tells (a ``.pt`` file, a hub name)."""
+    resolved = resolve_model_spec(spec)
+    if resolved is None:
+        return ModelConfig()
+    config = Path(resolved) / CONFIG_FILE
+    return ModelConfig.load(config) if config.is_file() else None
+
+
+class ModelProcess(ModelService):
+    """The model in a child process; ``ModelProcess()`` starts it, ``load`` says what to load.
+
+    The child starts importing torch at once, before it knows which weights: so the caller
+    starts this first and imports the rest of the app meanwhile.
+    """
+
+    def __init__(self) -> None:
+        self._key = secrets.token_bytes(32)
+        self._listener = Listener(authkey=self._key)
+        self._lock = threading.Lock()  # one sender at a time; guards the fields below
+        self._pending: dict[int, Future] = {}
+        self._ids = itertools.count()
+        self._connection: Connection | None = None
+        self._options: dict[str, Any] | None = None
+        self._options_given = threading.Event()
+        self._ready = threading.Event()  # loaded, or failed for good (then ``_failure``)
+        self._failure: str | None = None
+        self._loaded: tuple[ModelConfig, str] | None = None
+        self._early_config: ModelConfig | None = None
+        self._closed = False
+        self._process = self._spawn()
+        threading.Thread(target=self._serve, name="model-process", daemon=True).start()
+
+    def _spawn(self) -> subprocess.Popen:
+        env = {**os.environ, ADDRESS_ENV: str(self._listener.address), KEY_ENV: self._key.hex()}
+        command = [sys.executable, "-m", "serving.model_process"]
+        return subprocess.Popen(command, cwd=REPO, env=env)
+
+    def load(
+        self,
+        spec: str | None = None,
+        device: str | None = None,
+        *,
+        compile: bool = False,
+        cuda_graphs: bool = False,
+    ) -> None:
+        """Load checkpoint ``spec`` there (as ``Predictor.load``); returns at once.
+
+        ``config`` is then available without waiting when the checkpoint is a folder;
+        ``wait_loaded`` waits for the weights and raises ``ModelUnavailable`` on failure.
+        """
+        self._early_config = folder_config(spec)
+        self._options = {
+            "spec": spec,
+            "device": device,
+            "compile": compile,
+            "cuda_graphs": cuda_graphs,
+        }
+        self._options_given.set()
+
+    def wait_loaded(self, timeout: float | None = None) -> None:
+        """Block until the weights are loaded; ``ModelUnavailable`` if they cannot be."""
+        if not self._ready.wait(timeout):
+            raise ModelUnavailable(f"the model was not loaded within {timeout} s")
+        if self._failure is not None:
+            raise ModelUnavailable(self._failure)
+
+    @property
+    def config(self) -> ModelConfig:
+        if self._loaded is None and self._early_config is not None:
+            return self._early_config
+        self.wait_loaded()
+        assert self._loaded is not None
+        return self._loaded[0]
+
+    def describe(self) -> str:
+        self.wait_loaded()
+        assert self._loaded is not None
+        config, device = self._loaded
+        sha = config.weights_sha256[:12] or "none"
+        return (
+            f"Model: `{config.architecture} · {config.version} · sha256 {sha}` · "
+            f"device: `{device}` (in its own process, pid {self._process.pid})"
+        )
+
+    def call(self, operation: str, *args: Any) -> Any:
+        self.wait_loaded()
+        future: Future = Future()
+        with self._lock:
+            request = next(self._ids)
+            try:
+                if self._connection is None:
+                    raise OSError("it has just stopped")
+                self._connection.send(("call", request, operation, args))
+            except (OSError, ValueError) as err:
+                raise ModelUnavailable(
+                    f"the model's process is not running ({err}); try again in a few seconds"
+                ) from err
+            self._pending[request] = future
+        return future.result()
+
+    def close(self) -> None:
+        """Stop the model's process (the server's exit does this too: it then reads EOF)."""
+        self._closed = True
+        with self._lock:
+            if self._connection is not None:
+                self._connection.close()
+        self._process.terminate()
+        self._process.wait(timeout=30)
+        self._listener.close()
+
+    def _serve(self) -> None:
+        """Background thread: connect, load, hand results to callers; restart after a crash."""
+        while not self._closed:
+            try:
+                connection = self._listener.accept()  # at once: the child waits for this
+            except OSError:  # closed
+                return
+            self._options_given.wait()
+            with self._lock:
+                self._connection = connection
+                connection.send(("load", self._options))
+            loaded = self._read(connection)
+            if self._closed or self._failure is not None:
+                return
+            if not loaded:  # it died while loading: starting it again would do the same
+                self._fail("the model's process stopped while loading the weights (see above)")
+                return
+            self._process.wait()
+            print(
+                f"warning: the model's process stopped (exit code {self._process.returncode}); "
+                "starting it again",
+                file=sys.stderr,
+                flush=True,
+            )
+            self._process = self._spawn()
+
+    def _fail(self, message: str) -> None:
+        self._failure = message
+        self._ready.set()
+
+    def _read(self, connection: Connection) -> bool:
+        """Messages from one model process until it stops; whether it loaded the weights."""
+        loaded = False
+        while True:
+            try:
+                message = connection.recv()
+            except (EOFError, OSError):
+                break
+            kind = message[0]
+            if kind == "loaded":
+                self._loaded, loaded = (message[1], message[2]), True
+                self._ready.set()
+            elif kind == "failed":
+                self._fail(message[1])
+            else:
+                _, request, payload = message
+                future = self._pending.pop(request)
+                if kind == "done":
+                    future.set_result(payload)
+                else:
+                    future.set_exception(payload)
+        with self._lock:
+            self._connection = None
+            if self._failure is None:
+                self._ready.clear()
+            stopped = ModelUnavailable(
+                "the model's process stopped while working on this request (for example, "
+                "out of memory); it is starting again: try again in a few seconds"
+            )
+            for future in self._pending.values():
+                future.set_exception(stopped)
+            self._pending.clear()
+        return loaded
+
+
+def _sendable(error: BaseException) -> BaseException:
+    """``error`` itself when it pickles (a ``ValueError`` stays one), else its text."""
+    try:
+        pickle.loads(pickle.dumps(error))
+    except Exception:
+        return ModelUnavailable(f"{type(error).__name__}: {error}")
+    return error
+
+
+def main() -> None:
+    """The model's process: connect, import torch & co., load, then answer calls."""
+    try:
+        connection = Client(os.environ[ADDRESS_ENV], authkey=bytes.fromhex(os.environ[KEY_ENV]))
+    except OSError:  # the server has already gone (say, ``app.py --help``)
+        return
+    import model.predictor  # noqa: F401 (the long imports, while the server imports gradio)
+    from serving.runtime import limit_malloc_arenas
+
+    limit_malloc_arenas()
+    send_lock = threading.Lock()
+
+    def send(message: tuple) -> None:
+        """Pickle ``message`` (here, so a result that cannot be pickled still gets an answer)
+        and send it; the server may have gone, and the main loop then reads EOF and exits."""
+        data = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
+        with send_lock, contextlib.suppress(OSError):
+            connection.send_bytes(data)
+
+    try:
+        _, options = connection.recv()
+    except (EOFError, OSError):  # the server stopped before saying what to load
+        return
+    try:
+        predictor = load_predictor(**options)
+    except ModelUnavailable as err:  # anything else: its traceback, then the server says so
+        send(("failed", str(err)))
+        return
+    send(("loaded", predictor.config, str(predictor.device)))
+
+    def answer(request: int, operation: str, args: tuple) -> None:
+        try:
+            send(("done", request, run_operation(predictor, operation, *args)))
+        except Exception as err:
+            send(("raised", request, _sendable(err)))
+
+    pool = ThreadPoolExecutor(THREADS, thread_name_prefix="model")
+    while True:
+        try:
+            _, request, operation, args = connection.recv()
+        except (EOFError, OSError):  # the server has gone
+            break
+        pool.submit(answer, request, operation, args)
+    os._exit(0)  # at once: a Score-CAM still running has nobody to read it
+
+
+if __name__ == "__main__":
+    main()
