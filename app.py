@@ -366,10 +366,6 @@ def main(argv: list[str] | None = None) -> None:
     if reviews_off:
         print(f"warning: {reviews_off}", flush=True)
     demo = build_demo(model, args.max_batch_size, store, reviews_off)
-    try:
-        model.wait_loaded()  # the screen was built meanwhile; never serve weights that failed
-    except ModelUnavailable as err:  # e.g. statistics fitted for another segmenter
-        parser.exit(2, f"error: {err}\n")
     demo.queue(default_concurrency_limit=2).launch(
         server_name=args.host,
         server_port=args.port,
@@ -377,7 +373,14 @@ def main(argv: list[str] | None = None) -> None:
         show_error=True,
         auth=auth,
         allowed_paths=[str(store.data_dir / "exports")],
+        prevent_thread_lock=True,  # serve while the weights load: requests wait for them
     )
+    try:
+        model.wait_loaded()
+    except ModelUnavailable as err:  # e.g. statistics fitted for another segmenter
+        demo.close()
+        parser.exit(2, f"error: {err}\n")
+    demo.block_thread()
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ from model.config import ModelConfig
 from model.lungs import LungMask
 from model.ood import OODCheck, assess, check_image, describe
 from model.predictor import Predictor
+from serving.runtime import free_port
 from tests.conftest import BUNDLED_MODEL, LUNG5, REPO, lung5_images
 from training import ood_fit
 from training.ood_fit import fit_feature_stats
@@ -308,7 +309,7 @@ def test_the_app_refuses_statistics_of_another_segmenter(
     for name in ("LUNGCAM_DATA_DIR", "GRADIO_TEMP_DIR", "GRADIO_EXAMPLES_CACHE"):
         monkeypatch.setenv(name, str(tmp_path / "data"))
     with pytest.raises(SystemExit) as stop:
-        app.main(["--model", str(model), "--device", "cpu"])
+        app.main(["--model", str(model), "--device", "cpu", "--port", str(free_port())])
     assert stop.value.code == 2
     error = capsys.readouterr().err.strip()
     assert error.startswith("error: the guard's whole-image statistics") and "refit" in error
