@@ -30,6 +30,7 @@ import subprocess
 import sys
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import replace
 from multiprocessing.connection import Client, Connection, Listener
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -202,6 +203,15 @@ class ModelProcess(ModelService):
         assert self._loaded is not None
         return self._loaded[0]
 
+    def predict_many(self, images: Sequence[LoadedImage]) -> list[Prediction]:
+        """As ``ModelService.predict_many``; the images stay here (``main`` does not send them
+        back): each prediction gets its own image again."""
+        images = list(images)
+        predictions = self.call("predict_many", images)
+        for prediction, image in zip(predictions, images, strict=True):
+            prediction.image = image
+        return predictions
+
     def describe(self) -> str:
         self.wait_loaded()
         assert self._loaded is not None
@@ -344,7 +354,10 @@ def main() -> None:
 
     def answer(request: int, operation: str, args: tuple) -> None:
         try:
-            send(("done", request, run_operation(predictor, operation, *args)))
+            result = run_operation(predictor, operation, *args)
+            if operation == "predict_many":  # the server has the images: 4 MB each at 2048²
+                result = [replace(prediction, image=None) for prediction in result]
+            send(("done", request, result))
         except Exception as err:
             send(("raised", request, _sendable(err)))
 
