@@ -179,7 +179,10 @@ class ModelProcess(ModelService):
         ``config`` is then available without waiting when the checkpoint is a folder;
         ``wait_loaded`` waits for the weights and raises ``ModelUnavailable`` on failure.
         """
-        self._early_config = folder_config(spec)
+        try:
+            self._early_config = folder_config(spec)
+        except (ValueError, OSError):  # the model's process will say what is wrong with it
+            self._early_config = None
         self._options = {
             "spec": spec,
             "device": device,
@@ -227,15 +230,16 @@ class ModelProcess(ModelService):
         future: Future = Future()
         with self._lock:
             request = next(self._ids)
+            self._pending[request] = future  # before sending: the answer may come at once
             try:
                 if self._connection is None:
                     raise OSError("it has just stopped")
                 self._connection.send(("call", request, operation, args))
             except (OSError, ValueError) as err:
+                del self._pending[request]
                 raise ModelUnavailable(
                     f"the model's process is not running ({err}); try again in a few seconds"
                 ) from err
-            self._pending[request] = future
         return future.result()
 
     def close(self) -> None:
@@ -265,7 +269,11 @@ class ModelProcess(ModelService):
             if not loaded:  # it died while loading: starting it again would do the same
                 self._fail("the model's process stopped while loading the weights (see above)")
                 return
-            self._process.wait()
+            try:
+                self._process.wait(timeout=10)  # it exits when its connection breaks
+            except subprocess.TimeoutExpired:
+                self._process.kill()
+                self._process.wait()
             print(
                 f"warning: the model's process stopped (exit code {self._process.returncode}); "
                 "starting it again",
@@ -294,7 +302,8 @@ class ModelProcess(ModelService):
                 self._fail(message[1])
             else:
                 _, request, payload = message
-                future = self._pending.pop(request)
+                with self._lock:
+                    future = self._pending.pop(request)
                 if kind == "done":
                     future.set_result(payload)
                 else:

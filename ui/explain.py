@@ -106,9 +106,10 @@ class ExplainHandlers:
             seconds = self.score_cam_runs[target_layer]
             return (
                 f"⏳ Score-CAM: about {seconds:.0f} s — its last run on this layer here took "
-                f"{seconds:.0f} s. It runs in its own queue, one at a time; Cancel stops it."
+                f"{seconds:.0f} s. It runs in its own queue, one at a time; Cancel frees the "
+                "screen."
             )
         hint = self.model.call("method_hint", method_name, target_layer)
         if method_name == SLOW_METHOD:
-            hint += " It runs in its own queue, one at a time; Cancel stops it."
+            hint += " It runs in its own queue, one at a time; Cancel frees the screen."
         return hint
