@@ -2,7 +2,7 @@
 
 One wording for the screen, ``/predict``'s notes, the batch CLI's CSV and the PDF report
 (issue 13). The figure is ``Prediction.lung_share(k)``: the share of class k's Grad-CAM
-energy inside the segmenter's lung mask (``model.segmenter.heatmap_share_on_lungs``); it is
+energy inside the segmenter's lung mask (``model.lungs.heatmap_share_on_lungs``); it is
 ``None`` when the segmenter found no lung fields, which is said in words, never as 0 %.
 
     >>> share_line(prediction, "Tuberculosis")

@@ -13,7 +13,7 @@ the test scores, so nothing here hard-codes them.
 
 The mask is used to say how much of a Grad-CAM heatmap lies on the lungs
 (``heatmap_share_on_lungs``) and to crop the classifier's input to the lung fields
-(``model.transforms.lung_box``).
+(``model.crop.lung_box``).
 """
 
 from __future__ import annotations
