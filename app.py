@@ -63,7 +63,7 @@ def build_demo(
     store = store or ReviewStore.open(data_dir())
     predict = make_predict(model, max_batch_size)
     analysis = AnalyzeHandlers(predict, store.data_dir / "exports")
-    reviews = ReviewHandlers(predict, config, store, reviews_off)
+    reviews = ReviewHandlers(predict, lambda: model.config, store, reviews_off)
     explaining = ExplainHandlers(model, store.data_dir / "exports")
     past = HistoryHandlers(store, labels, reviews_off)
 
@@ -365,7 +365,10 @@ def main(argv: list[str] | None = None) -> None:
     reviews_off = reviews_off_reason(args.host, auth)
     if reviews_off:
         print(f"warning: {reviews_off}", flush=True)
-    demo = build_demo(model, args.max_batch_size, store, reviews_off)
+    try:  # the screen needs the config: read from a checkpoint folder, else from the weights
+        demo = build_demo(model, args.max_batch_size, store, reviews_off)
+    except ModelUnavailable as err:  # e.g. no such checkpoint
+        parser.exit(2, f"error: {err}\n")
     demo.queue(default_concurrency_limit=2).launch(
         server_name=args.host,
         server_port=args.port,

@@ -26,6 +26,7 @@ import itertools
 import os
 import pickle
 import secrets
+import signal
 import subprocess
 import sys
 import threading
@@ -50,7 +51,11 @@ KEY_ENV = "LUNGCAM_MODEL_PROCESS_KEY"
 # The Explain tab's views (``explain.views``), called by name: the server cannot hold the
 # functions themselves without importing torch.
 VIEWS = ("method_overlay", "side_by_side", "contrast_overlay", "faithfulness_line", "method_hint")
-THREADS = 8  # requests run at once in the model's process: the server's queues allow fewer
+# Threads in the model's process: predictions get their own, so that Explain views (a
+# cancelled Score-CAM runs on: Gradio cannot stop a running call) never hold them up.
+PREDICT_THREADS = 2
+VIEW_THREADS = 4
+RELOADS = 3  # after a crash it is restarted; this many failed reloads in a row end that
 
 
 class ModelUnavailable(RuntimeError):
@@ -158,13 +163,27 @@ class ModelProcess(ModelService):
         self._loaded: tuple[ModelConfig, str] | None = None
         self._early_config: ModelConfig | None = None
         self._closed = False
+        self._connected = threading.Event()  # the current child has connected
         self._process = self._spawn()
         threading.Thread(target=self._serve, name="model-process", daemon=True).start()
 
     def _spawn(self) -> subprocess.Popen:
+        """Start a child in this working directory (so relative model paths mean the same to
+        both), with a watcher that gives up when it exits before connecting."""
+        path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)
         env = {**os.environ, ADDRESS_ENV: str(self._listener.address), KEY_ENV: self._key.hex()}
-        command = [sys.executable, "-m", "serving.model_process"]
-        return subprocess.Popen(command, cwd=REPO, env=env)
+        env["PYTHONPATH"] = path
+        process = subprocess.Popen([sys.executable, "-m", "serving.model_process"], env=env)
+        connected = self._connected = threading.Event()
+
+        def watch() -> None:
+            code = process.wait()
+            if not connected.is_set() and not self._closed:
+                self._fail(f"the model's process exited (code {code}) before it started")
+                self._listener.close()  # ends the accept() that waits for it
+
+        threading.Thread(target=watch, name="model-process-watch", daemon=True).start()
+        return process
 
     def load(
         self,
@@ -240,6 +259,9 @@ class ModelProcess(ModelService):
                 raise ModelUnavailable(
                     f"the model's process is not running ({err}); try again in a few seconds"
                 ) from err
+            except Exception:  # arguments that do not pickle: a caller's bug, raised as is
+                del self._pending[request]
+                raise
         return future.result()
 
     def close(self) -> None:
@@ -253,37 +275,48 @@ class ModelProcess(ModelService):
         self._listener.close()
 
     def _serve(self) -> None:
-        """Background thread: connect, load, hand results to callers; restart after a crash."""
-        while not self._closed:
-            try:
+        """Background thread: connect, load, hand answers to callers; restart after a crash."""
+        failed_reloads = 0
+        try:
+            while not self._closed:
                 connection = self._listener.accept()  # at once: the child waits for this
-            except OSError:  # closed
-                return
-            self._options_given.wait()
-            with self._lock:
-                self._connection = connection
-                connection.send(("load", self._options))
-            loaded = self._read(connection)
-            if self._closed or self._failure is not None:
-                return
-            if not loaded:  # it died while loading: starting it again would do the same
-                self._fail("the model's process stopped while loading the weights (see above)")
-                return
-            try:
-                self._process.wait(timeout=10)  # it exits when its connection breaks
-            except subprocess.TimeoutExpired:
-                self._process.kill()
-                self._process.wait()
-            print(
-                f"warning: the model's process stopped (exit code {self._process.returncode}); "
-                "starting it again",
-                file=sys.stderr,
-                flush=True,
-            )
-            self._process = self._spawn()
+                self._connected.set()
+                self._options_given.wait()
+                with self._lock:
+                    self._connection = connection
+                    connection.send(("load", self._options))
+                loaded = self._read(connection)
+                if self._closed or self._failure is not None:
+                    return
+                failed_reloads = 0 if loaded else failed_reloads + 1
+                if self._loaded is None or failed_reloads > RELOADS:  # it would do it again
+                    self._fail("the model's process stopped while loading the weights (see above)")
+                    return
+                try:
+                    self._process.wait(timeout=10)  # it exits when its connection breaks
+                except subprocess.TimeoutExpired:
+                    self._process.kill()
+                    self._process.wait()
+                print(
+                    f"warning: the model's process stopped (exit code "
+                    f"{self._process.returncode}); starting it again",
+                    file=sys.stderr,
+                    flush=True,
+                )
+                self._process = self._spawn()
+        except Exception as err:  # a child gone mid-handshake, no memory to start another, …
+            if not self._closed:
+                self._fail(f"the model's process could not be started: {err!r}")
 
     def _fail(self, message: str) -> None:
-        self._failure = message
+        """Give up for good: every waiting and later request gets ``message``."""
+        with self._lock:
+            if self._failure is None:
+                self._failure = message
+            self._connection = None
+            for future in self._pending.values():
+                future.set_exception(ModelUnavailable(self._failure))
+            self._pending.clear()
         self._ready.set()
 
     def _read(self, connection: Connection) -> bool:
@@ -293,6 +326,10 @@ class ModelProcess(ModelService):
             try:
                 message = connection.recv()
             except (EOFError, OSError):
+                break
+            except Exception as err:  # an answer that does not unpickle here: start afresh
+                print(f"warning: unreadable answer from the model's process: {err!r}", flush=True)
+                self._process.kill()
                 break
             kind = message[0]
             if kind == "loaded":
@@ -322,13 +359,24 @@ class ModelProcess(ModelService):
         return loaded
 
 
-def _sendable(error: BaseException) -> BaseException:
-    """``error`` itself when it pickles (a ``ValueError`` stays one), else its text."""
+def _sendable(error: Exception) -> Exception:
+    """``error`` as the server may unpickle it: the app's own and builtin exceptions as they
+    are, a library's as its nearest builtin kind with the same text (unpickling, say,
+    ``torch.OutOfMemoryError`` would import torch in the server)."""
+    kind = type(error)
+    if kind.__module__.split(".")[0] in ("builtins", "imaging", "serving"):
+        candidate = error
+    else:
+        builtin = next(c for c in kind.__mro__ if c.__module__ == "builtins")
+        try:
+            candidate = builtin(f"{kind.__name__}: {error}")
+        except Exception:  # a builtin with other arguments (UnicodeDecodeError, …)
+            candidate = RuntimeError(f"{kind.__name__}: {error}")
     try:
-        pickle.loads(pickle.dumps(error))
+        pickle.dumps(candidate)
     except Exception:
-        return ModelUnavailable(f"{type(error).__name__}: {error}")
-    return error
+        return RuntimeError(f"{kind.__name__}: {error}")
+    return candidate
 
 
 def main() -> None:
@@ -337,6 +385,7 @@ def main() -> None:
         connection = Client(os.environ[ADDRESS_ENV], authkey=bytes.fromhex(os.environ[KEY_ENV]))
     except OSError:  # the server has already gone (say, ``app.py --help``)
         return
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C stops the server; its exit stops this
     import model.predictor  # noqa: F401 (the long imports, while the server imports gradio)
     from serving.runtime import limit_malloc_arenas
 
@@ -370,12 +419,14 @@ def main() -> None:
         except Exception as err:
             send(("raised", request, _sendable(err)))
 
-    pool = ThreadPoolExecutor(THREADS, thread_name_prefix="model")
+    predictions = ThreadPoolExecutor(PREDICT_THREADS, thread_name_prefix="predict")
+    views = ThreadPoolExecutor(VIEW_THREADS, thread_name_prefix="view")
     while True:
         try:
             _, request, operation, args = connection.recv()
         except (EOFError, OSError):  # the server has gone
             break
+        pool = predictions if operation == "predict_many" else views
         pool.submit(answer, request, operation, args)
     os._exit(0)  # at once: a Score-CAM still running has nobody to read it
 

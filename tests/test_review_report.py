@@ -159,7 +159,7 @@ def test_pdf_states_the_heatmaps_share_on_the_lungs(store, tmp_path, found):
     lungs = LungMask(mask, found, 0.5, 2)
     prediction = Prediction(labels, probabilities, np.log(probabilities), cams, image, lungs=lungs)
     review, _ = store.add(make_draft(image_sha256=pixels_sha256(pixels)))
-    handlers = ReviewHandlers(lambda image: prediction, ModelConfig(), store)
+    handlers = ReviewHandlers(lambda image: prediction, ModelConfig, store)
     pdf = handlers.make_report((review, prediction), 0.45, "jet", True)
     text = " ".join(subprocess.run([pdftotext, pdf, "-"], check=True, capture_output=True,
                                    text=True).stdout.split())

@@ -93,7 +93,7 @@ def test_saving_a_review_reuses_the_analysed_case(counted, predictor, store):
     predict, calls = counted
     path = str(lung5_images()[2])
     case = AnalyzeHandlers(predict).analyze(path, 0.45, "jet")[4]
-    reviews = ReviewHandlers(predict, predictor.config, store)
+    reviews = ReviewHandlers(predict, lambda: predictor.config, store)
     top = case.prediction.top_label
     status, (saved, prediction) = reviews.save_review(
         path, top, "agree", None, 4, False, "ok", "dr-a", False, None, case, None
@@ -108,7 +108,7 @@ def test_saving_a_review_reuses_the_analysed_case(counted, predictor, store):
 
 def test_saving_a_review_of_another_image_analyses_it_once(counted, predictor, store):
     predict, calls = counted
-    reviews = ReviewHandlers(predict, predictor.config, store)
+    reviews = ReviewHandlers(predict, lambda: predictor.config, store)
     first = Case(str(lung5_images()[0]), predictor.predict(predictor_image(0)))
     other = str(lung5_images()[3])
     top = predictor.config.label_names[0]
@@ -197,7 +197,7 @@ def test_saving_twice_stores_one_review_and_no_rating_until_given(counted, predi
     predict, _ = counted
     path = str(lung5_images()[2])
     case = AnalyzeHandlers(predict).analyze(path, 0.45, "jet")[4]
-    reviews = ReviewHandlers(predict, predictor.config, store)
+    reviews = ReviewHandlers(predict, lambda: predictor.config, store)
     top = case.prediction.top_label
     args = (path, top, "agree", None, None, False, "ok", "dr-a", False, "", case, None)
     first, (saved, _) = reviews.save_review(*args)
@@ -212,7 +212,7 @@ def test_validation_names_every_missing_field_at_once(counted, predictor, store)
     predict, _ = counted
     path = str(lung5_images()[2])
     case = AnalyzeHandlers(predict).analyze(path, 0.45, "jet")[4]
-    reviews = ReviewHandlers(predict, predictor.config, store)
+    reviews = ReviewHandlers(predict, lambda: predictor.config, store)
     with pytest.raises(gr.Error) as raised:
         reviews.save_review(path, None, None, None, None, False, "", "", False, "", case, None)
     message = str(raised.value)
@@ -253,7 +253,7 @@ def test_history_has_readable_titles_fewer_columns_and_reopens_a_case(
     predict, _ = counted
     path = str(lung5_images()[2])
     case = AnalyzeHandlers(predict).analyze(path, 0.45, "jet")[4]
-    reviews = ReviewHandlers(predict, predictor.config, store)
+    reviews = ReviewHandlers(predict, lambda: predictor.config, store)
     top = case.prediction.top_label
     reviews.save_review(path, top, "agree", None, 4, False, "n", "dr-a", True, "", case, None)
     history = HistoryHandlers(store)
@@ -270,7 +270,7 @@ def test_history_has_readable_titles_fewer_columns_and_reopens_a_case(
 def test_reviews_and_exports_refuse_when_switched_off(counted, predictor, store):
     predict, _ = counted
     reason = "Reviews, History and exports are switched off"
-    reviews = ReviewHandlers(predict, predictor.config, store, reason)
+    reviews = ReviewHandlers(predict, lambda: predictor.config, store, reason)
     with pytest.raises(gr.Error, match="switched off"):
         reviews.save_review(None, None, "agree", None, 3, False, "", "x", False, "", None, None)
     history = HistoryHandlers(store, disabled=reason)

@@ -109,7 +109,10 @@ class ExplainHandlers:
                 f"{seconds:.0f} s. It runs in its own queue, one at a time; Cancel frees the "
                 "screen."
             )
-        hint = self.model.call("method_hint", method_name, target_layer)
+        try:
+            hint = self.model.call("method_hint", method_name, target_layer)
+        except ModelUnavailable as err:
+            raise gr.Error(str(err)) from err
         if method_name == SLOW_METHOD:
             hint += " It runs in its own queue, one at a time; Cancel frees the screen."
         return hint

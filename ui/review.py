@@ -25,12 +25,14 @@ class ReviewHandlers:
     def __init__(
         self,
         predict: Callable[[LoadedImage], Prediction],
-        config: ModelConfig,
+        model_config: Callable[[], ModelConfig],
         store: ReviewStore,
         disabled: str = "",
     ) -> None:
         self.predict = predict
-        self.config = config
+        # Read at each save: the served weights' config (sha256 of the file as loaded), which
+        # the model's process may still be loading when the screen is built.
+        self.model_config = model_config
         self.store = store
         self.exports = store.data_dir / "exports"
         self.disabled = disabled  # why reviews are off ("" = on)
@@ -73,7 +75,7 @@ class ReviewHandlers:
             prediction = case.prediction
             draft = draft_from_prediction(
                 prediction,
-                self.config,
+                self.model_config(),
                 shown_class=shown_class,
                 agreement=agreement,
                 correct_class=correct_class,
