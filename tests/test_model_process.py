@@ -3,6 +3,7 @@ process, errors that cross over as themselves, and a server that outlives the mo
 
 from __future__ import annotations
 
+import importlib.machinery
 import os
 import shutil
 import signal
@@ -10,9 +11,11 @@ import subprocess
 import sys
 import threading
 import time
+import types
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import gradio as gr
 import numpy as np
 import pytest
 import torch
@@ -186,3 +189,21 @@ def test_a_crash_fails_only_the_request_in_flight_then_the_model_comes_back(remo
     again = remote.predict(image)
     assert remote._process.pid != before
     np.testing.assert_allclose(again.probabilities, prediction.probabilities, atol=1e-6)
+
+
+def test_on_a_zerogpu_space_the_model_stays_in_this_process(monkeypatch, tiny_checkpoint, tmp_path):
+    """``spaces.GPU`` attaches a GPU to calls made in the main process: no child there."""
+    spaces = types.ModuleType("spaces")
+    spaces.__spec__ = importlib.machinery.ModuleSpec("spaces", None)
+    spaces.GPU = lambda fn: fn
+    monkeypatch.setitem(sys.modules, "spaces", spaces)
+    for name in ("LUNGCAM_DATA_DIR", "GRADIO_TEMP_DIR", "GRADIO_EXAMPLES_CACHE"):
+        monkeypatch.setenv(name, str(tmp_path / "data"))
+    monkeypatch.setattr(app, "ModelProcess", lambda: pytest.fail("a model process on ZeroGPU"))
+    served: list = []
+    build = app.build_demo
+    monkeypatch.setattr(app, "build_demo", lambda m, *a: served.append(m) or build(m, *a))
+    monkeypatch.setattr(gr.Blocks, "launch", lambda self, **kwargs: None)
+    monkeypatch.setattr(gr.Blocks, "block_thread", lambda self: None)
+    app.main(["--model", str(tiny_checkpoint), "--device", "cpu"])
+    assert len(served) == 1 and isinstance(served[0], LocalModel)
