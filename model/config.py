@@ -91,6 +91,11 @@ class ModelConfig:
         """(height, width) of the network input."""
         return self.input_size[1], self.input_size[2]
 
+    @property
+    def description(self) -> str:
+        """The weights in one line: architecture, version and the start of their sha256."""
+        return f"{self.architecture} · {self.version} · sha256 {self.weights_sha256[:12] or 'none'}"
+
     def to_dict(self) -> dict[str, Any]:
         """timm-compatible hub config plus a ``lungcam`` section."""
         own = asdict(self)

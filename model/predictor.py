@@ -151,8 +151,7 @@ class Predictor:
 
     @property
     def description(self) -> str:
-        sha = self.config.weights_sha256[:12] or "none"
-        return f"{self.config.architecture} · {self.config.version} · sha256 {sha}"
+        return self.config.description
 
     def preprocess(self, pixels: np.ndarray) -> torch.Tensor:
         """(H, W) uint8 → (3, H', W') tensor through the checkpoint's own transform."""

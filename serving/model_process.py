@@ -114,6 +114,11 @@ class ModelService:
         return self.predict_many([image])[0]
 
 
+def model_line(config: ModelConfig, device: str) -> str:
+    """The screen's line naming the served weights and their device."""
+    return f"Model: `{config.description}` · device: `{device}`"
+
+
 class LocalModel(ModelService):
     """``predictor`` itself, in this process."""
 
@@ -125,7 +130,7 @@ class LocalModel(ModelService):
         return run_operation(self.predictor, operation, *args)
 
     def describe(self) -> str:
-        return f"Model: `{self.predictor.description}` · device: `{self.predictor.device}`"
+        return model_line(self.config, str(self.predictor.device))
 
     def predict(self, image: LoadedImage) -> Prediction:
         return self.predictor.predict(image)  # one name for spaces.GPU to wrap
@@ -163,8 +168,7 @@ class ModelProcess(ModelService):
         self._loaded: tuple[ModelConfig, str] | None = None
         self._early_config: ModelConfig | None = None
         self._closed = False
-        self._connected = threading.Event()  # the current child has connected
-        self._process = self._spawn()
+        self._process = self._spawn()  # also sets ``_connected``: that child has connected
         threading.Thread(target=self._serve, name="model-process", daemon=True).start()
 
     def _spawn(self) -> subprocess.Popen:
@@ -237,12 +241,7 @@ class ModelProcess(ModelService):
     def describe(self) -> str:
         self.wait_loaded()
         assert self._loaded is not None
-        config, device = self._loaded
-        sha = config.weights_sha256[:12] or "none"
-        return (
-            f"Model: `{config.architecture} · {config.version} · sha256 {sha}` · "
-            f"device: `{device}` (in its own process, pid {self._process.pid})"
-        )
+        return f"{model_line(*self._loaded)} (in its own process, pid {self._process.pid})"
 
     def call(self, operation: str, *args: Any) -> Any:
         self.wait_loaded()
@@ -313,11 +312,16 @@ class ModelProcess(ModelService):
         with self._lock:
             if self._failure is None:
                 self._failure = message
-            self._connection = None
-            for future in self._pending.values():
-                future.set_exception(ModelUnavailable(self._failure))
-            self._pending.clear()
+            self._disconnected(ModelUnavailable(self._failure))
         self._ready.set()
+
+    def _disconnected(self, error: ModelUnavailable) -> None:
+        """No child to send to: every request waiting for an answer gets ``error``. Called
+        with the lock held."""
+        self._connection = None
+        for future in self._pending.values():
+            future.set_exception(error)
+        self._pending.clear()
 
     def _read(self, connection: Connection) -> bool:
         """Messages from one model process until it stops; whether it loaded the weights."""
@@ -346,16 +350,13 @@ class ModelProcess(ModelService):
                 else:
                     future.set_exception(payload)
         with self._lock:
-            self._connection = None
             if self._failure is None:
                 self._ready.clear()
             stopped = ModelUnavailable(
                 "the model's process stopped while working on this request (for example, "
                 "out of memory); it is starting again: try again in a few seconds"
             )
-            for future in self._pending.values():
-                future.set_exception(stopped)
-            self._pending.clear()
+            self._disconnected(stopped)
         return loaded
 
 
