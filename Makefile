@@ -1,11 +1,12 @@
 # Two commands do everything on a fresh machine with Python 3.11:
 #   make run    create .venv, install, serve the app on the bundled model (http://localhost:7860)
 #   make test   lint and run the whole test suite (what CI runs)
+# and, while working: make check   lint and the fast tests (no servers, browsers, Ray, PostgreSQL)
 PYTHON ?= python3.11
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: install run test bench
+.PHONY: install run test check bench
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -20,6 +21,10 @@ run: install
 test: install
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q
+
+check: install
+	$(BIN)/ruff check .
+	$(BIN)/python -m pytest -q -m "not slow"
 
 bench: install
 	$(BIN)/python -m bench.run

@@ -15,7 +15,10 @@ from serving.model_process import (
     ModelUnavailable,
     load_predictor,
 )
-from serving.runtime import on_spaces_gpu
+from serving.runtime import on_spaces_gpu, stay_offline
+
+if __name__ == "__main__":  # before gradio & co. are imported, here and in the model's process
+    stay_offline()
 
 # `python app.py`: the model's process starts here and imports torch while this one imports
 # gradio below (docs/BENCHMARKS.md, "Cold start"). Not when app.py is imported, and not on a
@@ -28,23 +31,26 @@ from functools import partial
 from pathlib import Path
 
 import gradio as gr
+from gradio.utils import get_upload_folder
 from sqlalchemy.exc import SQLAlchemyError
+from starlette.middleware import Middleware
 
 from explain.choices import CONFUSABLE, DEFAULT_METHOD, METHODS, TARGET_LAYERS
 from imaging.overlay import COLORMAPS, DEFAULT_COLORMAP, DEFAULT_OPACITY
 from review.agreement import SUMMARY_COLUMNS
-from review.auth import DEFAULT_HOST, parse_auth, reviews_off_reason
+from review.auth import DEFAULT_HOST, LoginGuard, parse_auth, reviews_off_reason
 from review.store import AGREEMENTS, USEFULNESS, ReviewStore
+from serving.access import FileGate, OwnerFolders, http_login
 from serving.runtime import configure_storage, data_dir, limit_malloc_arenas, make_predict
 from ui.analyze import AnalyzeHandlers, uncertainty
 from ui.common import DISCLAIMER, DISPLAY_FORMAT, HeadlineLabel, legend
 from ui.explain import ExplainHandlers
+from ui.files import UPLOAD_CSS, UPLOAD_ID, ShownGallery, ShownImage, UploadBox
 from ui.history import SHORT_COLUMNS, TITLES, HistoryHandlers
 from ui.review import ReviewHandlers
 
 ASSETS = Path(__file__).resolve().parent / "assets"
 MAX_UPLOAD = "100mb"
-CUDA_GRAPHS_ENV = "LUNGCAM_CUDA_GRAPHS"  # "1": as --cuda-graphs
 
 
 def build_demo(
@@ -52,20 +58,24 @@ def build_demo(
     max_batch_size: int = 8,
     store: ReviewStore | None = None,
     reviews_off: str = "",
+    folders: OwnerFolders | None = None,
 ) -> gr.Blocks:
     """The whole screen, wired to ``model``; ``max_batch_size`` requests share a forward.
 
     Reviews go to ``store`` (default: ``$DATABASE_URL``, else SQLite in the data folder).
     ``reviews_off`` (why, or "") switches reviews, History and exports off with a banner.
+    Reports and exports go into each requester's folder of ``folders`` (default: in Gradio's
+    cache), which ``serving.access.FileGate`` serves to its owner only.
     """
     config = model.config
     labels = config.label_names
     store = store or ReviewStore.open(data_dir())
     predict = make_predict(model, max_batch_size)
     analysis = AnalyzeHandlers(predict, store.data_dir / "exports")
-    reviews = ReviewHandlers(predict, lambda: model.config, store, reviews_off)
+    folders = folders or OwnerFolders(get_upload_folder())
+    reviews = ReviewHandlers(predict, lambda: model.config, store, reviews_off, folders)
     explaining = ExplainHandlers(model, store.data_dir / "exports")
-    past = HistoryHandlers(store, labels, reviews_off)
+    past = HistoryHandlers(store, labels, reviews_off, folders)
 
     with gr.Blocks(title="LungCAM", delete_cache=(3600, 3600)) as demo:
         gr.Markdown("# LungCAM — where does the chest X-ray classifier look?")
@@ -77,7 +87,9 @@ def build_demo(
         with gr.Tab("Analyze"):
             with gr.Row():
                 with gr.Column():
-                    upload = gr.File(label="Chest X-ray (PNG, JPEG, DICOM …)", type="filepath")
+                    upload = UploadBox(
+                        label="Chest X-ray (PNG, JPEG, DICOM …)", type="filepath", elem_id=UPLOAD_ID
+                    )
                     run = gr.Button("Analyze", variant="primary")
                     examples = sorted((ASSETS / "examples").glob("*.jpg"))
                     example_gallery = gr.Gallery(
@@ -89,7 +101,7 @@ def build_demo(
                         visible=bool(examples),
                     )
                     notes = gr.Markdown()
-                    original = gr.Image(
+                    original = ShownImage(
                         label="Original", format=DISPLAY_FORMAT, type="numpy", interactive=False
                     )
                 with gr.Column():
@@ -101,7 +113,7 @@ def build_demo(
                         label="Show the class scores anyway (when the image may not be a "
                         "chest X-ray)"
                     )
-                    heatmap = gr.Image(
+                    heatmap = ShownImage(
                         label="Grad-CAM overlay",
                         format=DISPLAY_FORMAT,
                         type="numpy",
@@ -167,7 +179,7 @@ def build_demo(
                         cancel = gr.Button("Cancel Score-CAM", variant="stop")
                     faith_text = gr.Markdown()
                 with gr.Column():
-                    explained_image = gr.Image(
+                    explained_image = ShownImage(
                         label="Overlay", format=DISPLAY_FORMAT, type="numpy", interactive=False
                     )
                     explain_scale = gr.HTML(legend(DEFAULT_COLORMAP))
@@ -176,12 +188,12 @@ def build_demo(
                 list(METHODS), value=["Grad-CAM", "Grad-CAM++", "LayerCAM"], label="2–4 methods"
             )
             compare_button = gr.Button("Compare side by side")
-            gallery = gr.Gallery(label="Same image and class", columns=4, format=DISPLAY_FORMAT)
+            gallery = ShownGallery(label="Same image and class", columns=4, format=DISPLAY_FORMAT)
             with gr.Row():
                 class_a = gr.Dropdown(labels, value=CONFUSABLE[2], label="Why class A …")
                 class_b = gr.Dropdown(labels, value=CONFUSABLE[1], label="… rather than class B")
                 contrast_button = gr.Button("Contrast A vs B")
-            contrast_image = gr.Image(
+            contrast_image = ShownImage(
                 label="Where the image speaks for A rather than B",
                 format=DISPLAY_FORMAT,
                 type="numpy",
@@ -228,21 +240,26 @@ def build_demo(
         analyze_inputs = [upload, opacity, colormap, cached, show_anyway, outline]
         lung_inputs = [cached, shown_class]
 
+        explained = [explained_image, pngs, gallery, contrast_image, faith_text]
+        explain_classes = [explain_class, class_a, class_b]
+        last_case = [*outputs, original, prediction_set, lung_text, full_file]
+        last_case += [*explain_classes, *explained, *form]
+        clear_last_case = partial(AnalyzeHandlers.cleared, len(last_case))
+
         def after_analysis(event) -> None:
             # Each new case: the original beside the overlay, the prediction set and the lung
-            # share, the Explain tab's classes set to this image's, the review form cleared;
-            # an error clears the previous case's outputs.
+            # share, the Explain tab's classes set to this image's and its views emptied, the
+            # review form cleared; an error clears every output of the last case.
             event.success(analysis.original, cached, original, api_name=False)
             event.success(uncertainty, [cached, show_anyway], prediction_set, api_name=False)
             event.success(analysis.lung_line, lung_inputs, lung_text, api_name=False)
-            event.success(
-                explaining.defaults, cached, [explain_class, class_a, class_b], api_name=False
-            )
+            event.success(explaining.defaults, cached, explain_classes, api_name=False)
             event.success(reviews.new_case, [cached, form_case], form, api_name=False)
+            event.success(
+                partial(AnalyzeHandlers.cleared, len(explained)), None, explained, api_name=False
+            )
             event.then(lambda: None, None, full_file, api_name=False)  # not the last case's
-            event.failure(analysis.cleared, None, [*outputs, original], api_name=False)
-            event.failure(lambda: ("", ""), None, [prediction_set, lung_text], api_name=False)
-            event.failure(reviews.new_case, [cached, form_case], form, api_name=False)
+            event.failure(clear_last_case, None, last_case, api_name=False)
 
         after_analysis(
             run.click(analysis.analyze, analyze_inputs, outputs, api_name="predict", **batched)
@@ -250,6 +267,7 @@ def build_demo(
         after_analysis(
             upload.upload(analysis.analyze, analyze_inputs, outputs, api_name=False, **batched)
         )
+        upload.clear(clear_last_case, None, last_case, api_name=False)
         pick = AnalyzeHandlers.example_picker([str(p) for p in examples])
         picked = example_gallery.select(pick, None, upload, api_name=False)
         after_analysis(
@@ -336,19 +354,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--max-batch-size", type=int, default=8, help="concurrent requests per forward (1: off)"
     )
-    speedup = parser.add_mutually_exclusive_group()
-    speedup.add_argument("--compile", action="store_true", help="torch.compile the model trunk")
-    speedup.add_argument(
-        "--cuda-graphs",
+    parser.add_argument(
+        "--compile",
         action="store_true",
-        default=os.environ.get(CUDA_GRAPHS_ENV) == "1",
-        help=f"replay the model as CUDA graphs, one per batch size (default: ${CUDA_GRAPHS_ENV}=1)",
+        help="torch.compile the model trunk (on CUDA: reduce-overhead, i.e. CUDA graphs)",
     )
     args = parser.parse_args(argv)
     limit_malloc_arenas()
     configure_storage()
-    cuda_graphs = args.cuda_graphs and not args.compile  # an explicit --compile beats the env
-    options = {"compile": args.compile, "cuda_graphs": cuda_graphs}
+    options = {"compile": args.compile}
     try:
         if EARLY_MODEL is None and on_spaces_gpu():
             model: ModelService = LocalModel(load_predictor(args.model, args.device, **options))
@@ -365,8 +379,10 @@ def main(argv: list[str] | None = None) -> None:
     reviews_off = reviews_off_reason(args.host, auth)
     if reviews_off:
         print(f"warning: {reviews_off}", flush=True)
+    folders = OwnerFolders(get_upload_folder())  # in Gradio's cache: the data folder's
+    folders.reset()
     try:  # the screen needs the config: read from a checkpoint folder, else from the weights
-        demo = build_demo(model, args.max_batch_size, store, reviews_off)
+        demo = build_demo(model, args.max_batch_size, store, reviews_off, folders)
     except ModelUnavailable as err:  # e.g. no such checkpoint
         parser.exit(2, f"error: {err}\n")
     demo.queue(default_concurrency_limit=2).launch(
@@ -374,7 +390,9 @@ def main(argv: list[str] | None = None) -> None:
         server_port=args.port,
         max_file_size=MAX_UPLOAD,
         show_error=True,
-        auth=auth,
+        auth=None if auth is None else http_login(LoginGuard(auth)),  # locks out guessing
+        app_kwargs={"middleware": [Middleware(FileGate, folders=folders, data=store.data_dir)]},
+        css=UPLOAD_CSS,
         allowed_paths=[str(store.data_dir / "exports")],
         prevent_thread_lock=True,  # serve while the weights load: requests wait for them
     )

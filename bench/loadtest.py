@@ -7,8 +7,9 @@ less than 10 % between request 100 and the last request (``--mark``, default 100
     python -m bench.loadtest [--clients 8] [--requests 500] [--max-seconds 1200]
                              [--image PATH] [--model PATH] [--json FILE]
 
-Each client uploads its own PNG copy of a 512×512 lung5 test radiograph (see
-``bench.serve.make_uploads``; the serving benchmark uses 2048×2048).
+Every request uploads a film of its own, made before the clients start: lung5 test films in
+turn, padded to 512×512 (``--side``) PNG, each with a random patch (``bench.serve.Films``; the
+serving benchmark uses 2048×2048), so none is answered from the per-session case cache.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from pathlib import Path
 
 from gradio_client import Client
 
-from bench.serve import ask, make_uploads, model_for_bench, serve
+from bench.serve import Films, ask, model_for_bench, serve
 
 GROWTH_LIMIT = 0.10
 
@@ -41,12 +42,13 @@ class Counter:
         self.rss_at: dict[int, int] = {}
         self._lock = threading.Lock()
 
-    def take(self) -> bool:
+    def take(self) -> int | None:
+        """The next request's number (from 0), or None when the count or the time is up."""
         with self._lock:
             if self.issued >= self.total or time.monotonic() > self.deadline:
-                return False
+                return None
             self.issued += 1
-            return True
+            return self.issued - 1
 
     def finish(self, error: str | None, rss: int) -> None:
         with self._lock:
@@ -70,18 +72,18 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--requests ({args.requests}) must be more than --mark ({args.mark})")
     with tempfile.TemporaryDirectory(prefix="lungcam-load-") as tmp:
         folder = Path(tmp)
-        uploads = make_uploads(folder, args.clients, args.side)
+        films = Films(folder, args.side)
+        first, *uploads = films.take(args.requests + 1)
         model = model_for_bench(args.model, folder)
-        with serve(model, folder, uploads[0], "--device", "cpu") as (server, _):
+        with serve(model, folder, first, "--device", "cpu") as (server, _):
             counter = Counter(args.requests, time.monotonic() + args.max_seconds)
 
-            def client_loop(index: int) -> None:
-                upload = uploads[index]
+            def client_loop(_: int) -> None:
                 client = Client(server.url, verbose=False)
-                while counter.take():
+                while (request := counter.take()) is not None:
                     error = None
                     try:
-                        ask(client, upload)
+                        ask(client, uploads[request])
                     except Exception as err:  # counted, and the run goes on
                         error = f"{type(err).__name__}: {err}"
                     counter.finish(error, server.rss())
@@ -99,6 +101,7 @@ def main(argv: list[str] | None = None) -> int:
         "requests_done": last,
         "requests_asked": args.requests,
         "upload_px": args.side,
+        "distinct_uploads": films.made,
         "seconds": round(elapsed, 1),
         "requests_per_s": round(last / elapsed, 3),
         "errors": len(counter.errors),

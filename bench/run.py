@@ -7,7 +7,7 @@ two libraries run as they ship, in float32. ``--check-amp`` compares bf16 output
 ones on the bundled examples.
 
     python -m bench.run [--model PATH] [--size 224] [--batch 1] [--rounds 15] [--device cuda]
-                        [--bf16 | --fp32] [--compile | --cuda-graphs] [--check-amp]
+                        [--bf16 | --fp32] [--compile] [--check-amp]
                         [--skip-libraries] [--json FILE]
 """
 
@@ -172,11 +172,7 @@ def main(argv: list[str] | None = None) -> None:
     precision = parser.add_mutually_exclusive_group()
     precision.add_argument("--bf16", action="store_true", help="bf16 autocast on the trunk")
     precision.add_argument("--fp32", action="store_true", help="float32 (the default)")
-    speedup = parser.add_mutually_exclusive_group()
-    speedup.add_argument("--compile", action="store_true", help="torch.compile the trunk")
-    speedup.add_argument(
-        "--cuda-graphs", action="store_true", help="CUDA graphs per batch size (bench.graphs)"
-    )
+    parser.add_argument("--compile", action="store_true", help="torch.compile the trunk")
     parser.add_argument("--skip-libraries", action="store_true", help="ours and bare only")
     parser.add_argument("--check-amp", action="store_true", help="autocast vs fp32 outputs")
     parser.add_argument("--json", type=Path, help="also write the results here")
@@ -185,7 +181,7 @@ def main(argv: list[str] | None = None) -> None:
         examples = Path(__file__).resolve().parent.parent / "assets" / "examples"
         print(json.dumps(amp_agreement(args.model, args.device or "cuda", examples), indent=2))
         return
-    options = {"amp": args.bf16, "compile": args.compile, "cuda_graphs": args.cuda_graphs}
+    options = {"amp": args.bf16, "compile": args.compile}
     if args.model:
         predictor = Predictor.load(args.model, args.device, **options)
     else:
@@ -195,7 +191,7 @@ def main(argv: list[str] | None = None) -> None:
     result = measure(predictor, args.rounds, args.batch, libraries=not args.skip_libraries)
     precision = str(predictor.cam.autocast_dtype or torch.float32).removeprefix("torch.")
     result["device"] = f"{predictor.device} ({hardware(predictor.device)})"
-    speedup = " + compile" if args.compile else " + CUDA graphs" if args.cuda_graphs else ""
+    speedup = " + compile" if args.compile else ""
     result["precision"] = precision + speedup
     print(
         f"device: {result['device']}; input {predictor.config.image_size}, "

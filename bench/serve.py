@@ -1,11 +1,14 @@
 """Serving benchmark: the real app on loopback, called through ``gradio_client``.
 
-Measures, for one 2048×2048 PNG upload (a lung5 radiograph scaled up):
+Every request sends a film of its own (``Films``: lung5 test films in turn, padded and scaled
+to 2048×2048 PNG, each with a random patch, so no two uploads have the same bytes): a repeated
+file would be answered from LungCAM's per-session case cache, which the peer does not have.
+Measures:
 - cold start: ``python app.py`` process start → first prediction returned to the client;
 - end-to-end latency p50/p95 of sequential ``/predict`` calls;
-- where a request's server time goes, timed in-process on the same file with the same
-  functions the handler calls (decode, preprocess, model, overlay, image encode through
-  Gradio's own cache writer); the rest of the end-to-end time is upload, queue and transport;
+- where a request's server time goes, timed in-process on one film with the same functions
+  the handler calls (decode, preprocess, model, overlay, image encode through Gradio's own
+  cache writer); the rest of the end-to-end time is upload, queue and transport;
 - throughput with 1, 4 and 8 concurrent clients;
 - peak resident memory of the server and the model's process (psutil samples every 50 ms;
   Linux's VmHWM, each process's own peak, summed);
@@ -24,6 +27,8 @@ same work as the trained one.
 from __future__ import annotations
 
 import argparse
+import hashlib
+import itertools
 import json
 import os
 import platform
@@ -44,7 +49,7 @@ import psutil
 import torch
 from gradio import processing_utils
 from gradio_client import Client, handle_file
-from PIL import Image
+from PIL import Image, ImageOps
 
 from imaging.load import load_image
 from imaging.overlay import DEFAULT_COLORMAP, DEFAULT_OPACITY, overlay
@@ -61,24 +66,57 @@ REPO = Path(__file__).resolve().parent.parent
 PEER_APP = REPO.parent / "shared" / "bench" / "peer_app.py"  # the side-by-side anchor
 
 
-def make_uploads(folder: Path, count: int, side: int | None = 2048) -> list[Path]:
-    """``count`` PNG copies of a lung5 test radiograph (scaled to ``side``², or as it is).
-
-    The copies differ in one 4×4 corner, so their overlays differ too: Gradio writes outputs
-    to a path named by their content, and concurrent requests with byte-identical overlays
-    rewrite the same file while another client downloads it (a truncated download).
+class Films:
+    """Uploads for a benchmark, a new one per request: lung5 test films in turn (one of each
+    class, round after round), padded to a square and scaled to ``side``² (None: as they are),
+    each with a random 4×4 patch. No two have the same bytes (checked by hash), so no request
+    is answered from a cache, and no two overlays are the same file (Gradio names outputs by
+    their content: concurrent requests with byte-identical overlays rewrite one file while
+    another client downloads it, a truncated download). Safe to call from several threads.
     """
-    source = sorted((LUNG5 / "test" / CLASS_FOLDERS[3]).iterdir())[0]
-    image = Image.open(source).convert("L")
-    if side:
-        image = image.resize((side, side), Image.Resampling.BICUBIC)
-    paths = []
-    for index in range(count):
+
+    def __init__(self, folder: Path, side: int | None = 2048, seed: int = 0) -> None:
+        per_class = [sorted((LUNG5 / "test" / name).iterdir()) for name in CLASS_FOLDERS]
+        self.sources = [p for turn in itertools.zip_longest(*per_class) for p in turn if p]
+        if not self.sources:
+            raise FileNotFoundError(f"no lung5 test films under {LUNG5 / 'test'}")
+        self.folder, self.side = folder, side
+        self.made = 0  # uploads handed out
+        self._rng = np.random.default_rng(seed)
+        self._digests: set[str] = set()
+        self._lock = threading.Lock()
+
+    def next(self) -> Path:
+        """A new upload, unlike every one made before."""
+        with self._lock:
+            index, self.made = self.made, self.made + 1
+            patch = self._rng.integers(0, 256, (4, 4), dtype=np.uint8)
+            where = self._rng.random(2)
+        source = self.sources[index % len(self.sources)]
+        image = Image.open(source).convert("L")
+        if self.side:
+            size = (self.side, self.side)
+            image = ImageOps.pad(image, size, Image.Resampling.BICUBIC, color=0)
         pixels = np.array(image)
-        pixels[:4, :4] = 10 * (index + 1) % 256
-        paths.append(folder / f"radiograph-{pixels.shape[1]}-{index}.png")
-        Image.fromarray(pixels).save(paths[-1])
-    return paths
+        y, x = (where * (np.array(pixels.shape) - 4)).astype(int)
+        pixels[y : y + 4, x : x + 4] = patch
+        path = self.folder / f"film-{index}-{source.stem}.png"
+        Image.fromarray(pixels).save(path)
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()
+        with self._lock:
+            if digest in self._digests:
+                raise RuntimeError(f"{path.name} repeats an earlier upload's bytes")
+            self._digests.add(digest)
+        return path
+
+    def take(self, count: int) -> list[Path]:
+        """``count`` new uploads, made now (so that making them is never timed)."""
+        return [self.next() for _ in range(count)]
+
+
+def make_uploads(folder: Path, count: int, side: int | None = 2048) -> list[Path]:
+    """``count`` distinct uploads (``Films``)."""
+    return Films(folder, side).take(count)
 
 
 def model_for_bench(requested: str | None, folder: Path) -> str:
@@ -224,33 +262,35 @@ def ask_peer(client: Client, upload: Path) -> dict:
 
 
 def side_by_side(
-    model: str, peer: Path, folder: Path, upload: Path, rounds: int, requests: int, extra: tuple
+    model: str, peer: Path, folder: Path, films: Films, rounds: int, requests: int, extra: tuple
 ) -> dict[str, object]:
     """Cold start and sequential latency of LungCAM and the peer, interleaved in one run.
 
     Cold starts alternate (peer, LungCAM, …) ``rounds`` times; latencies alternate request by
-    request while both servers are up, so machine noise hits both alike. Ratios are
-    LungCAM / peer (below 1: LungCAM is faster).
+    request while both servers are up, so machine noise hits both alike. Both get the same
+    films, each film once. Ratios are LungCAM / peer (below 1: LungCAM is faster).
     """
     colds: dict[str, list[float]] = {"lungcam": [], "peer": []}
     for _ in range(rounds):
-        with serve_peer(peer, folder, upload) as (_, cold):
+        film = films.next()
+        with serve_peer(peer, folder, film) as (_, cold):
             colds["peer"].append(cold)
-        with serve(model, folder, upload, *extra) as (_, cold):
+        with serve(model, folder, film, *extra) as (_, cold):
             colds["lungcam"].append(cold)
     times: dict[str, list[float]] = {"lungcam": [], "peer": []}
     with ExitStack() as both:
-        ours, _ = both.enter_context(serve(model, folder, upload, *extra))
-        theirs, _ = both.enter_context(serve_peer(peer, folder, upload))
+        ours, _ = both.enter_context(serve(model, folder, films.next(), *extra))
+        theirs, _ = both.enter_context(serve_peer(peer, folder, films.next()))
         calls = {
             "lungcam": (Client(ours.url, verbose=False), ask),
             "peer": (Client(theirs.url, verbose=False), ask_peer),
         }
+        warm_up = films.next()
         for client, call in calls.values():
-            call(client, upload)  # warm-up
-        for _ in range(requests):
+            call(client, warm_up)
+        for film in films.take(requests):
             for name, (client, call) in calls.items():
-                times[name].append(time_ms(lambda c=client, f=call: f(c, upload)))
+                times[name].append(time_ms(lambda c=client, f=call, u=film: f(c, u)))
     cold = {name: round(statistics.median(v), 2) for name, v in colds.items()}
     p50 = {name: round(percentile(v, 50), 1) for name, v in times.items()}
     return {
@@ -263,25 +303,27 @@ def side_by_side(
     }
 
 
-def latency(url: str, upload: Path, requests: int) -> list[float]:
-    """Seconds per sequential ``/predict`` call from one client."""
+def latency(url: str, films: Films, requests: int) -> list[float]:
+    """Seconds per sequential ``/predict`` call from one client, a new film each."""
     client = Client(url, verbose=False)
-    ask(client, upload)  # warm-up
+    uploads = films.take(requests + 1)
+    ask(client, uploads[0])  # warm-up
     times = []
-    for _ in range(requests):
+    for upload in uploads[1:]:
         start = time.perf_counter()
         ask(client, upload)
         times.append(time.perf_counter() - start)
     return times
 
 
-def throughput(url: str, uploads: list[Path], clients: int, per_client: int) -> float:
-    """Requests per second with ``clients`` concurrent clients (client i sends ``uploads[i]``)."""
+def throughput(url: str, films: Films, clients: int, per_client: int) -> float:
+    """Requests per second with ``clients`` concurrent clients, a new film each request."""
     pool_clients = [Client(url, verbose=False) for _ in range(clients)]
+    uploads = films.take(clients * per_client)
 
     def work(index: int) -> None:
-        for _ in range(per_client):
-            ask(pool_clients[index], uploads[index])
+        for upload in uploads[index * per_client : (index + 1) * per_client]:
+            ask(pool_clients[index], upload)
 
     start = time.perf_counter()
     with ThreadPoolExecutor(clients) as pool:
@@ -339,19 +381,19 @@ def _heatmap(state: dict) -> np.ndarray:
 
 
 def own_figures(
-    model: str, folder: Path, uploads: list[Path], batch_flag: tuple, args: argparse.Namespace
+    model: str, folder: Path, films: Films, batch_flag: tuple, args: argparse.Namespace
 ) -> dict[str, object]:
     """Cold start, latency, throughput, memory and the in-process step times of LungCAM."""
-    upload = uploads[0]
+    upload = films.next()
     result: dict[str, object] = {}
     with serve(model, folder, upload, *batch_flag) as (server, cold):
         result["cold_start_s"] = round(cold, 2)
         result["rss_mb_after_first_request"] = round(server.rss() / 2**20, 1)
-        times = latency(server.url, upload, args.requests)
+        times = latency(server.url, films, args.requests)
         result["latency_p50_ms"] = round(1000 * percentile(times, 50), 1)
         result["latency_p95_ms"] = round(1000 * percentile(times, 95), 1)
         result["throughput_rps"] = {
-            str(n): round(throughput(server.url, uploads, n, args.per_client), 3)
+            str(n): round(throughput(server.url, films, n, args.per_client), 3)
             for n in args.clients
         }
         result["peak_rss_mb_sampled"] = round(max(server.rss_samples) / 2**20, 1)
@@ -389,21 +431,24 @@ def main(argv: list[str] | None = None) -> None:
         parser.error("--peer-only needs --peer (the peer app was not found)")
     with tempfile.TemporaryDirectory(prefix="lungcam-bench-") as tmp:
         folder = Path(tmp)
-        uploads = make_uploads(folder, max(args.clients))
-        upload = uploads[0]
+        films = Films(folder)
         model = model_for_bench(args.model, folder)
         result: dict[str, object] = {
             "hardware": f"{platform.machine()}, {os.cpu_count()} cores",
             "model": model if args.model else Path(model).name,
-            "upload_bytes": upload.stat().st_size,
         }
         batch_flag = ("--max-batch-size", str(args.max_batch_size), "--device", "cpu")
         if args.peer is not None:
             result["vs_peer"] = side_by_side(
-                model, args.peer, folder, upload, args.cold_rounds, args.requests, batch_flag
+                model, args.peer, folder, films, args.cold_rounds, args.requests, batch_flag
             )
         if not args.peer_only:
-            result |= own_figures(model, folder, uploads, batch_flag, args)
+            result |= own_figures(model, folder, films, batch_flag, args)
+        sizes = [path.stat().st_size for path in folder.glob("film-*.png")]
+        result["uploads"] = {  # every one a different film: none repeats another's bytes
+            "distinct_films_sent": films.made,
+            "bytes_median": int(statistics.median(sizes)),
+        }
     print(json.dumps(result, indent=2))
     if args.json:
         args.json.write_text(json.dumps(result, indent=2) + "\n")

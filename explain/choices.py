@@ -19,6 +19,11 @@ METHODS: dict[str, str] = {
     "Score-CAM": "ScoreCAM",
 }
 DEFAULT_METHOD = "Grad-CAM"
-TARGET_LAYERS: tuple[str, ...] = tuple(f"features.denseblock{i}" for i in range(1, 5))
+# The dense blocks, and the last block after its norm and ReLU: there Grad-CAM is the class
+# activation map that ``training.train_guided`` teaches to point at the lesion.
+TARGET_LAYERS: tuple[str, ...] = (
+    *(f"features.denseblock{i}" for i in range(1, 5)),
+    "features.norm5",
+)
 # The classes the model confuses: the defaults of "why A rather than B".
 CONFUSABLE: tuple[str, ...] = ("Bacterial Pneumonia", "Viral Pneumonia", "COVID-19")

@@ -30,14 +30,17 @@ GRAY_MODES = frozenset({"1", "L", "LA", "La", "I", "I;16", "I;16L", "I;16B", "I;
 SATURATION_SIDE = 128  # saturation is measured on a thumbnail of at most this side
 
 
-def load_image(source: str | Path | bytes) -> LoadedImage:
+def load_image(source: str | Path | bytes, name: str | None = None) -> LoadedImage:
     """Decode a PNG/JPEG/TIFF/BMP/WebP/GIF or DICOM file (path or bytes) to 8-bit grayscale.
 
     The content decides the decoder, not the name: a DICOM preamble means DICOM, then
     anything PIL recognises; a ``.dcm`` name only matters for DICOM files without a preamble.
+    ``name`` is what error messages call the file (default: the path's file name, "upload"
+    for bytes); the app passes one that never identifies the patient.
     """
-    data = _read_bytes(source)
-    name = Path(source).name if isinstance(source, (str, Path)) else "upload"
+    if name is None:
+        name = Path(source).name if isinstance(source, (str, Path)) else "upload"
+    data = _read_bytes(source, name)
     if not data:
         raise ImageInputError(f"{name}: the file is empty (0 bytes)")
     if data[128:132] == DICOM_MAGIC:
@@ -104,21 +107,21 @@ def to_grayscale_uint8(image: Image.Image) -> np.ndarray:
     return np.asarray(image.convert("L"), dtype=np.uint8)
 
 
-def _read_bytes(source: str | Path | bytes) -> bytes:
+def _read_bytes(source: str | Path | bytes, name: str) -> bytes:
     if isinstance(source, bytes):
         data = source
     else:
         path = Path(source)
         if not path.is_file():
-            raise ImageInputError(f"{path.name}: no such file")
+            raise ImageInputError(f"{name}: no such file")
         if path.stat().st_size > MAX_FILE_BYTES:
             raise ImageInputError(
-                f"{path.name}: the file is {path.stat().st_size / 2**20:.0f} MB; the limit is "
+                f"{name}: the file is {path.stat().st_size / 2**20:.0f} MB; the limit is "
                 f"{MAX_FILE_BYTES // 2**20} MB"
             )
         data = path.read_bytes()
     if len(data) > MAX_FILE_BYTES:
-        raise ImageInputError(f"upload is larger than {MAX_FILE_BYTES // 2**20} MB")
+        raise ImageInputError(f"{name}: the file is larger than {MAX_FILE_BYTES // 2**20} MB")
     return data
 
 

@@ -6,8 +6,7 @@ the gradient, and the gradient of a logit with respect to the last dense block f
 through the small head (norm5 → global pool → linear). So the trunk runs once without
 autograd, its output is repeated once per class, and one backward through the head gives
 every class's gradient. On a GPU the trunk may run under bf16 autocast; the head and its
-gradients stay in float32. ``step`` does all of it on the device with no host sync, so it
-can be recorded as a CUDA graph per batch size (``capture``, model/cudagraph.py).
+gradients stay in float32.
 ``python -m bench.run`` measures the saving; ``tests/test_gradcam.py`` checks the maps equal
 pytorch-grad-cam's to 1e-4.
 """
@@ -19,7 +18,6 @@ import torch
 from torch import nn
 
 from model.config import DEFAULT_TARGET_LAYER
-from model.cudagraph import Capture, StaticBatches, Step
 from model.network import split_at
 
 
@@ -38,14 +36,11 @@ class AllClassGradCAM:
         model: nn.Module,
         target_layer: str = DEFAULT_TARGET_LAYER,
         autocast_dtype: torch.dtype | None = None,
-        capture: Capture | None = None,
     ) -> None:
         self.model = model
         self.target_layer = target_layer
         self.autocast_dtype = autocast_dtype  # e.g. torch.bfloat16 on CUDA: trunk only
         self.trunk, self.tail = split_at(model, target_layer)
-        # ``capture``: run ``step`` at fixed batch sizes, e.g. as CUDA graphs (model.cudagraph).
-        self.run: Step = StaticBatches(self.step, capture) if capture else self.step
 
     def __call__(
         self, batch: torch.Tensor, return_pooled: bool = False
@@ -54,14 +49,14 @@ class AllClassGradCAM:
         (the not-a-chest-X-ray guard's input), taken from the same trunk forward."""
         if self.model.training:
             raise RuntimeError("AllClassGradCAM needs the model in eval mode (BatchNorm)")
-        logits, maps, pooled = self.run(batch)
+        logits, maps, pooled = self.step(batch)
         if not return_pooled:
             return logits, maps.cpu().numpy()
         return logits, maps.cpu().numpy(), pooled
 
     def step(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Logits ``(B, K)``, raw maps ``(B, K, h, w)`` and pooled features ``(B, C)``, all on
-        the batch's device, with no host synchronisation: the work a CUDA graph records."""
+        the batch's device, with no host synchronisation (so a CUDA graph can record it)."""
         amp = torch.autocast(
             batch.device.type,
             dtype=self.autocast_dtype or torch.bfloat16,

@@ -40,6 +40,7 @@ DEFAULT_TARGET_LAYER = "features.denseblock4"
 BUNDLED_MODEL = Path(__file__).resolve().parent.parent / "assets" / "model"
 MODEL_ENV = "LUNGCAM_MODEL"
 INTERPOLATIONS = ("area", "bilinear", "bicubic", "nearest")
+OUTPUT_STRIDES = (16, 32)
 
 
 @dataclass
@@ -61,6 +62,9 @@ class ModelConfig:
     clahe: bool = False  # CLAHE on every image, training and serving
     lung_crop_margin: float | None = None  # crop to the lung fields ± this share; None: no crop
     conformal: ConformalConfig | None = None  # prediction sets (training.calibrate); None: none
+    # 32: timm's DenseNet (7×7 last block at 224 px); 16: the last transition does not pool,
+    # so the last block and its heatmaps are 14×14 (the same weights, no new parameters).
+    output_stride: int = 32
 
     def __post_init__(self) -> None:
         self.input_size = tuple(int(v) for v in self.input_size)  # type: ignore[assignment]
@@ -75,6 +79,10 @@ class ModelConfig:
             raise ValueError(f"lung_crop_margin must be in [0, 1]; got {self.lung_crop_margin}")
         if not self.temperature > 0:
             raise ValueError(f"temperature must be positive; got {self.temperature}")
+        if self.output_stride not in OUTPUT_STRIDES:
+            raise ValueError(
+                f"output_stride must be one of {OUTPUT_STRIDES}; got {self.output_stride}"
+            )
         if isinstance(self.conformal, dict):
             self.conformal = ConformalConfig.from_dict(self.conformal)
 
@@ -126,6 +134,7 @@ class ModelConfig:
                     "clahe",
                     "lung_crop_margin",
                     "conformal",
+                    "output_stride",
                 )
             },
         }

@@ -6,7 +6,7 @@ energy inside the segmenter's lung mask (``model.lungs.heatmap_share_on_lungs``)
 ``None`` when the segmenter found no lung fields, which is said in words, never as 0 %.
 
     >>> share_line(prediction, "Tuberculosis")
-    '62 % of this heatmap lies on the lungs'
+    '62 % of this heatmap lies on the lungs (1.3× a flat map)'
 """
 
 from __future__ import annotations
@@ -55,10 +55,17 @@ def share_line(prediction: Prediction, class_name: str) -> str:
     share = prediction.lung_share(prediction.class_index(class_name))
     if share is None:
         return f"{NOT_FOUND.capitalize()}: no on-lung share for this heatmap."
-    line = f"{percent(share)} of this heatmap lies on the lungs"
+    line = f"{percent(share)} of this heatmap lies on the lungs" + versus_flat(prediction, share)
     if class_name == prediction.top_label and share < LOW_LUNG_SHARE:
         line += f" — ⚠️ {OFF_LUNGS}"
     return line
+
+
+def versus_flat(prediction: Prediction, share: float) -> str:
+    """' (1.3× a flat map)': the share against a flat map over what the network saw, which
+    scores the lungs' area share there ('' when that is unknown)."""
+    flat = prediction.flat_lung_share()
+    return f" ({share / flat:.1f}× a flat map)" if flat else ""
 
 
 def summary(prediction: Prediction) -> str:
@@ -68,7 +75,9 @@ def summary(prediction: Prediction) -> str:
     if not prediction.lungs.found:
         return f"Heatmap on the lungs: {NOT_FOUND}."
     cells = [f"{name} {percent(share)}" for name, share in shares(prediction).items()]
-    return "Heatmap on the lungs (share of each class's map): " + " · ".join(cells) + "."
+    flat = prediction.flat_lung_share()
+    baseline = f"; a flat map over what the model saw: {percent(flat)}" if flat else ""
+    return "Heatmap on the lungs (share of each class's map): " + " · ".join(cells) + baseline + "."
 
 
 def notes(prediction: Prediction, mark: str = "⚠️ ") -> list[str]:

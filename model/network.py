@@ -31,6 +31,8 @@ def create_network(config: ModelConfig, pretrained: bool = False) -> nn.Module:
             f"Face hub ({type(err).__name__}: {err}). Run without --pretrained, or start from a "
             "local checkpoint with --init-from."
         ) from err
+    if config.output_stride == 16:
+        keep_last_block_resolution(model)
     model.pretrained_cfg = {
         **getattr(model, "pretrained_cfg", {}),
         "input_size": config.input_size,
@@ -40,6 +42,16 @@ def create_network(config: ModelConfig, pretrained: bool = False) -> nn.Module:
         "num_classes": config.num_classes,
     }
     return model
+
+
+def keep_last_block_resolution(model: nn.Module) -> None:
+    """Output stride 16: the last transition keeps its norm and 1×1 conv but not its 2×2
+    average pool, so the last dense block (and its Grad-CAM) sees 14×14 at 224 px instead
+    of 7×7. No parameter changes; the last block costs 4× its FLOPs (about +25 % in all)."""
+    transition = model.features.transition3
+    if not isinstance(transition.pool, nn.AvgPool2d):
+        raise ValueError(f"{type(model).__name__} has no average-pooling last transition")
+    transition.pool = nn.Identity()
 
 
 def split_at(model: nn.Module, layer_name: str) -> tuple[nn.Module, nn.Module]:

@@ -13,8 +13,11 @@ diagnosis; ``prediction_set`` is the conformal set, classes joined by ``|``, emp
 without one; ``lungs_found`` yes/no and ``lung_share_<class>``, the share of each class's
 heatmap on the lung fields, empty when none were found — ``model.lung_share``) and
 ``DIR/overlays/<name>.png`` (the top class's heatmap at the image's own resolution; none with
-``--no-overlays``). ``--engine ray`` decodes and predicts on a Ray cluster and writes the same
-files (``model.predict_ray``, docs/SCALE.md); it needs ``pip install -r requirements-scale.txt``.
+``--no-overlays``); with ``--heatmaps`` also ``DIR/heatmaps/<name>.npz``: every class's map at
+the image's own size (float32 in [0, 1], one array per class name, 0 outside the crop the
+network saw) and ``crop_box`` (x0, y0, x1, y1). ``--engine ray`` decodes and predicts on a Ray
+cluster and writes the same files (``model.predict_ray``, docs/SCALE.md); it needs
+``pip install -r requirements-scale.txt``.
 
 Exit status: 0 when every input was predicted (warnings included), 1 when some input could
 not be read (the others are still written), 2 for bad arguments (no inputs found, bad flags)
@@ -36,11 +39,14 @@ from imaging.load import decoded_batches
 from imaging.overlay import COLORMAPS, DEFAULT_COLORMAP, DEFAULT_OPACITY
 from model.prediction_rows import (
     CSV_NAME,
+    HEATMAP_DIR,
     OVERLAY_DIR,
     Row,
     csv_cells,
     draw_overlay,
     failures,
+    heatmap_name,
+    save_heatmaps,
     write_lines,
 )
 from model.predictor import Predictor
@@ -98,11 +104,15 @@ def predict_files(
     colormap: str = DEFAULT_COLORMAP,
     progress: bool = True,
     overlays: bool = True,
+    heatmaps: bool = False,
 ) -> list[Row]:
-    """Predict every file in batches and write overlays under ``out``; one ``Row`` per path."""
+    """Predict every file in batches and write overlays (and with ``heatmaps`` every class's
+    maps) under ``out``; one ``Row`` per path."""
     (out / OVERLAY_DIR).mkdir(parents=True, exist_ok=True)
-    names = zip(paths, overlay_names(paths), strict=True)
-    targets = {path: out / OVERLAY_DIR / name for path, name in names}
+    if heatmaps:
+        (out / HEATMAP_DIR).mkdir(exist_ok=True)
+    names = dict(zip(paths, overlay_names(paths), strict=True))
+    targets = {path: out / OVERLAY_DIR / name for path, name in names.items()}
     rows: dict[Path, Row] = {}
     failed: list[tuple[Path, str]] = []
     with tqdm(total=len(paths), unit="img", disable=not progress) as bar:
@@ -112,6 +122,8 @@ def predict_files(
                 target = targets[path] if overlays else None
                 if target is not None:
                     draw_overlay(prediction, target, opacity, colormap)
+                if heatmaps:
+                    save_heatmaps(prediction, out / HEATMAP_DIR / heatmap_name(names[path]))
                 rows[path] = Row(path, prediction, target)
             bar.update(len(rows) + len(failed) - bar.n)
         rows.update({path: Row(path, error=reason) for path, reason in failed})
@@ -129,7 +141,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--opacity", type=float, default=DEFAULT_OPACITY)
     parser.add_argument("--colormap", choices=sorted(COLORMAPS), default=DEFAULT_COLORMAP)
-    parser.add_argument("--no-overlays", action="store_true", help="write the CSV only")
+    parser.add_argument("--no-overlays", action="store_true", help="write no overlay PNGs")
+    parser.add_argument(
+        "--heatmaps", action="store_true", help="also write every class's maps as .npz"
+    )
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     scale = parser.add_argument_group("Ray engine (docs/SCALE.md)")
     scale.add_argument("--engine", choices=["local", "ray"], default="local")
@@ -166,6 +181,7 @@ def main(argv: list[str] | None = None) -> int:
             args.colormap,
             progress=not args.no_progress,
             overlays=not args.no_overlays,
+            heatmaps=args.heatmaps,
         )
         lines = [csv_cells(row, predictor.config.num_classes) for row in rows]
     return report(lines, predictor, args.out)
@@ -183,12 +199,14 @@ def run_ray(
             raise
         return None
     predictor = Predictor.load(args.model, "cpu")
+    names = overlay_names(paths)
     lines = predict_ray.predict_paths(
         predict_ray.Job(args.model, args.out, args.batch_size, args.opacity, args.colormap),
         paths,
-        None if args.no_overlays else overlay_names(paths),
+        None if args.no_overlays else names,
         predict_ray.Pool(args.num_gpus, args.actors, args.address),
         progress=not args.no_progress,
+        heatmap_names=[heatmap_name(name) for name in names] if args.heatmaps else None,
     )
     return predictor, lines
 

@@ -25,7 +25,14 @@ import ray.data
 from imaging.load import load_or_reason
 from imaging.overlay import DEFAULT_COLORMAP, DEFAULT_OPACITY
 from model.prediction import Prediction
-from model.prediction_rows import OVERLAY_DIR, Row, csv_cells, draw_overlay
+from model.prediction_rows import (
+    HEATMAP_DIR,
+    OVERLAY_DIR,
+    Row,
+    csv_cells,
+    draw_overlay,
+    save_heatmaps,
+)
 from model.predictor import Predictor
 
 Batch = dict[str, np.ndarray]
@@ -90,9 +97,12 @@ class PredictActor:
         return {"index": batch["index"], "cells": lines}
 
     def cells(self, batch: Batch, i: int, prediction: Prediction | None) -> list[str]:
-        """Row ``i``'s CSV cells, drawing its overlay when it was predicted and one is wanted."""
+        """Row ``i``'s CSV cells, drawing its overlay (and saving its maps) when it was predicted
+        and one is wanted."""
         path, name = Path(batch["path"][i]), batch["overlay"][i]
         classes = self.predictor.config.num_classes
+        if prediction is not None and batch["heatmap"][i]:
+            save_heatmaps(prediction, self.written.parent / HEATMAP_DIR / batch["heatmap"][i])
         if prediction is None or not name:
             return csv_cells(Row(path, prediction, error=batch["error"][i]), classes)
         draw_overlay(prediction, self.written / name, self.job.opacity, self.job.colormap)
@@ -105,10 +115,12 @@ def predict_paths(
     overlay_names: Sequence[str] | None,
     pool: Pool,
     progress: bool = True,
+    heatmap_names: Sequence[str] | None = None,
 ) -> list[list[str]]:
     """Every path's CSV cells (``model.prediction_rows.csv_cells``), in input order.
 
-    ``overlay_names`` (one per path; None: no overlays) are written under ``job.out/overlays``.
+    ``overlay_names`` (one per path; None: no overlays) are written under ``job.out/overlays``,
+    ``heatmap_names`` (likewise) under ``job.out/heatmaps``.
     Joins ``pool.address`` unless Ray is already initialised (a test's local instance, or the
     cluster of a ``ray job submit``).
     """
@@ -117,6 +129,8 @@ def predict_paths(
     ray.data.DataContext.get_current().enable_progress_bars = progress
     written = job.out.resolve() / OVERLAY_DIR
     written.mkdir(parents=True, exist_ok=True)
+    if heatmap_names:
+        (written.parent / HEATMAP_DIR).mkdir(exist_ok=True)
     local = job.model and Path(job.model).expanduser().exists()
     model = str(Path(job.model).expanduser().resolve()) if local else job.model
     items = [
@@ -125,6 +139,7 @@ def predict_paths(
             "path": str(path),
             "source": str(path.resolve()),
             "overlay": overlay_names[i] if overlay_names else "",
+            "heatmap": heatmap_names[i] if heatmap_names else "",
         }
         for i, path in enumerate(paths)
     ]

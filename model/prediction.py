@@ -95,8 +95,24 @@ class Prediction:
         Computed on a grid of at most ``SHARE_GRID`` px a side: the 7×7 map holds no finer
         detail, and a 2048² upload would otherwise cost a full-size map per class.
         """
+        mask = self._share_mask()
+        if mask is None:
+            return None
+        return heatmap_share_on_lungs(self.heatmap(class_index, mask.shape[::-1]), mask)
+
+    def flat_lung_share(self) -> float | None:
+        """The on-lung share of a flat map over what the network saw: the baseline that a
+        heatmap's share is read against (a map that knows nothing scores this)."""
+        mask = self._share_mask()
+        if mask is None:
+            return None
+        flat = self.place(np.ones((1, 1), np.float32), mask.shape[::-1])
+        return float(mask[flat > 0].mean()) if (flat > 0).any() else None
+
+    def _share_mask(self) -> np.ndarray | None:
+        """The lung mask on the grid of at most ``SHARE_GRID`` px a side (None: not found)."""
         if self.lungs is None or not self.lungs.found:
             return None
         size = fit_within(self.image.size, SHARE_GRID)
         mask = cv2.resize(self.lungs.mask.astype(np.uint8), size, interpolation=cv2.INTER_NEAREST)
-        return heatmap_share_on_lungs(self.heatmap(class_index, size), mask.astype(bool))
+        return mask.astype(bool)

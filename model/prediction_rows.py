@@ -1,4 +1,4 @@
-"""One batch input's outcome and how it is written: the CSV line and the overlay PNG.
+"""One batch input's outcome and how it is written: the CSV line, the overlay PNG and the maps.
 
 Shared by both engines of ``python -m model.predict``: the local loop (``model.predict``) and
 Ray Data (``model.predict_ray``), so that the two write the same file byte for byte.
@@ -11,15 +11,19 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 from PIL import Image
 
 from imaging.overlay import overlay
 from model import lung_share
+from model.crop import CropBox
 from model.ood import headline, input_warnings
 from model.prediction import Prediction
 
 CSV_NAME = "predictions.csv"
 OVERLAY_DIR = "overlays"
+HEATMAP_DIR = "heatmaps"
+CROP_BOX_KEY = "crop_box"
 
 
 @dataclass
@@ -87,3 +91,19 @@ def draw_overlay(prediction: Prediction, target: Path, opacity: float, colormap:
     """Save the top class's heatmap over the image, at the image's own resolution."""
     heat = prediction.heatmap(prediction.top_index)
     Image.fromarray(overlay(prediction.image.pixels, heat, opacity, colormap)).save(target)
+
+
+def heatmap_name(overlay_name: str) -> str:
+    """The ``.npz`` of maps beside an input's overlay: the overlay's name, ``.npz`` suffix."""
+    return str(Path(overlay_name).with_suffix(".npz"))
+
+
+def save_heatmaps(prediction: Prediction, target: Path) -> None:
+    """Every class's heatmap at the image's own size, as the overlay shows it (float32 in
+    [0, 1], 0 outside the crop; one array per class name) and ``crop_box``, the part of the
+    image the network saw (x0, y0, x1, y1 in pixels; the whole image when it saw all), in one
+    compressed ``.npz`` for scoring with other tools."""
+    box = prediction.box or CropBox.whole(prediction.image.pixels)
+    maps = {name: prediction.heatmap(k) for k, name in enumerate(prediction.label_names)}
+    corners = np.array([box.x0, box.y0, box.x1, box.y1], dtype=np.int64)
+    np.savez_compressed(target, **maps, **{CROP_BOX_KEY: corners})

@@ -18,7 +18,6 @@ from model.cam import AllClassGradCAM
 from model.checkpoint import load_checkpoint
 from model.config import CONFIG_FILE, ModelConfig, resolve_model_spec
 from model.crop import CropBox, lung_box
-from model.cudagraph import capture_for
 from model.lungs import LungMask
 from model.network import create_network
 from model.ood import assess, load_feature_stats, load_whole_image_stats
@@ -73,9 +72,7 @@ class Predictor:
 
     On CUDA the weights and inputs are channels_last; ``amp=True`` runs the trunk under bf16
     autocast (off by default, see ``pick_autocast``); ``compile=True`` wraps the trunk in
-    ``torch.compile``; ``cuda_graphs=True`` replays the trunk + head-gradient step as one CUDA
-    graph per batch size, captured on first use (model/cudagraph.py; off by default until
-    measured on a GPU; on a CPU the same static-batch path runs eagerly, with no speed-up).
+    ``torch.compile`` (on CUDA with ``mode="reduce-overhead"``, which replays it as CUDA graphs).
     """
 
     def __init__(
@@ -86,11 +83,8 @@ class Predictor:
         *,
         amp: bool | None = None,
         compile: bool = False,
-        cuda_graphs: bool = False,
         segmenter: LungSegmenter | None = None,
     ) -> None:
-        if compile and cuda_graphs:
-            raise ValueError("compile=True and cuda_graphs=True exclude each other; choose one")
         if config.lung_crop_margin is not None and segmenter is None:
             raise ValueError(
                 f"model {config.version!r} crops its input to the lung fields and needs the lung "
@@ -108,12 +102,10 @@ class Predictor:
         self.whole_image_stats = load_whole_image_stats(
             config.ood, segmenter.weights_sha256 if segmenter else None
         )
-        capture = capture_for(device) if cuda_graphs else None
-        self.cam = AllClassGradCAM(
-            self.model, config.target_layer, pick_autocast(device, amp), capture
-        )
+        self.cam = AllClassGradCAM(self.model, config.target_layer, pick_autocast(device, amp))
         if compile:
-            self.cam.trunk = torch.compile(self.cam.trunk)
+            mode = "reduce-overhead" if device.type == "cuda" else None
+            self.cam.trunk = torch.compile(self.cam.trunk, mode=mode)
 
     @classmethod
     def load(
@@ -123,7 +115,6 @@ class Predictor:
         *,
         amp: bool | None = None,
         compile: bool = False,
-        cuda_graphs: bool = False,
         segmenter: str | None = None,
     ) -> Predictor:
         """Load ``spec`` (see ``resolve_model_spec``); untrained weights if there is none.
@@ -145,7 +136,6 @@ class Predictor:
             target,
             amp=amp,
             compile=compile,
-            cuda_graphs=cuda_graphs,
             segmenter=load_segmenter(segmenter, resolved),
         )
 

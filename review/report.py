@@ -1,6 +1,7 @@
 """Exports of reviews: a one-page PDF per case (fpdf2) and CSV of the History tab's rows.
 
-Both are written under ``<data dir>/exports`` so the app writes nowhere else.
+Both are written into the folder the caller names: in the app, a folder of the requester's
+own (``serving.access.OwnerFolders``).
 """
 
 from __future__ import annotations
@@ -26,7 +27,8 @@ if TYPE_CHECKING:  # fpdf and matplotlib load with the first report, not at the 
 FONT = "DejaVu"  # ships with matplotlib (a runtime dependency): Unicode notes render everywhere
 PAGE_WIDTH_MM = 210
 MARGIN_MM = 15
-CSV_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+# A cell, or any line of it, starting with one of these is run as a formula by spreadsheets.
+CSV_FORMULA_LINE = re.compile(r"(^|\r\n|\r|\n)(?=[=+\-@\t\r])")
 
 
 def write_case_report(
@@ -157,12 +159,15 @@ def prediction_set_text(review: Review) -> str:
 
 
 def reviews_csv(reviews: Iterable[Review]) -> str:
-    """CSV text of ``reviews`` (header = ``ROW_COLUMNS``).
+    """CSV text of ``reviews`` (header = ``ROW_COLUMNS``), RFC 4180: rows end in CRLF, and a
+    cell holding a comma, a quote, CR or LF is quoted, so no line break inside a note can
+    split its row.
 
-    Text cells that a spreadsheet would run as a formula get a leading apostrophe.
+    Each line of a text cell that a spreadsheet would run as a formula gets a leading
+    apostrophe (``=``, ``+``, ``-``, ``@``, tab or CR first, also after a line break).
     """
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=ROW_COLUMNS, lineterminator="\n")
+    writer = csv.DictWriter(buffer, fieldnames=ROW_COLUMNS, lineterminator="\r\n")
     writer.writeheader()
     for review in reviews:
         writer.writerow({key: _cell(value) for key, value in review.as_row().items()})
@@ -179,13 +184,13 @@ def write_reviews_csv(folder: str | Path, reviews: Iterable[Review]) -> Path:
     digest = hashlib.sha256(text.encode()).hexdigest()[:16]
     out = Path(folder) / f"reviews-{digest}.csv"
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(text, encoding="utf-8")
+    out.write_text(text, encoding="utf-8", newline="")
     return out
 
 
 def _cell(value: object) -> object:
-    if isinstance(value, str) and value.startswith(CSV_FORMULA_START):
-        return "'" + value
+    if isinstance(value, str):
+        return CSV_FORMULA_LINE.sub(r"\1'", value)
     return value
 
 

@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from model.config import CONFIG_FILE, ModelConfig, resolve_model_spec
+from serving.runtime import OFFLINE_SWITCHES
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -63,18 +64,14 @@ class ModelUnavailable(RuntimeError):
 
 
 def load_predictor(
-    spec: str | None, device: str | None, *, compile: bool = False, cuda_graphs: bool = False
+    spec: str | None, device: str | None, *, compile: bool = False
 ) -> Predictor:
-    """``Predictor.load`` as the app asks for it: CUDA graphs only on a CUDA device (else a
-    warning); a checkpoint that cannot be used (``ValueError``, ``OSError``) becomes
-    ``ModelUnavailable`` with its message."""
-    from model.predictor import Predictor, pick_device
+    """``Predictor.load`` as the app asks for it: a checkpoint that cannot be used
+    (``ValueError``, ``OSError``) becomes ``ModelUnavailable`` with its message."""
+    from model.predictor import Predictor
 
-    graphs = cuda_graphs and pick_device(device).type == "cuda"
-    if cuda_graphs and not graphs:
-        print("warning: CUDA graphs need a CUDA device; running without them", flush=True)
     try:
-        return Predictor.load(spec, device, compile=compile, cuda_graphs=graphs)
+        return Predictor.load(spec, device, compile=compile)
     except (ValueError, OSError) as err:  # e.g. statistics fitted for another segmenter
         raise ModelUnavailable(str(err)) from err
 
@@ -175,7 +172,8 @@ class ModelProcess(ModelService):
         """Start a child in this working directory (so relative model paths mean the same to
         both), with a watcher that gives up when it exits before connecting."""
         path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)
-        env = {**os.environ, ADDRESS_ENV: str(self._listener.address), KEY_ENV: self._key.hex()}
+        env = {**os.environ, **OFFLINE_SWITCHES}  # whoever started this one: no update checks
+        env |= {ADDRESS_ENV: str(self._listener.address), KEY_ENV: self._key.hex()}
         env["PYTHONPATH"] = path
         process = subprocess.Popen([sys.executable, "-m", "serving.model_process"], env=env)
         connected = self._connected = threading.Event()
@@ -195,7 +193,6 @@ class ModelProcess(ModelService):
         device: str | None = None,
         *,
         compile: bool = False,
-        cuda_graphs: bool = False,
     ) -> None:
         """Load checkpoint ``spec`` there (as ``Predictor.load``); returns at once.
 
@@ -210,7 +207,6 @@ class ModelProcess(ModelService):
             "spec": spec,
             "device": device,
             "compile": compile,
-            "cuda_graphs": cuda_graphs,
         }
         self._options_given.set()
 

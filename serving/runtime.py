@@ -5,25 +5,42 @@
 - ``make_predict``: one image → ``Prediction``. Normally through a ``MicroBatcher`` so that
   concurrent requests share forwards; on a Hugging Face ZeroGPU Space (the ``spaces`` package
   is importable) through ``spaces.GPU`` instead, which attaches a GPU per call.
+- ``stay_offline``: no update checks, analytics, telemetry or share links, in this process and
+  the processes it starts; the Hugging Face hub only when the model is named ``hf-hub:…``.
 """
 
 from __future__ import annotations
 
+import argparse
 import ctypes
 import ctypes.util
 import importlib.util
 import os
 import socket
+import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Protocol
 
 from imaging.image import LoadedImage
+from model.config import resolve_model_spec
 from model.prediction import Prediction
 from serving.batching import MicroBatcher
 
 DATA_ENV = "LUNGCAM_DATA_DIR"
 DEFAULT_DATA_DIR = "data"
+HUB_PREFIX = "hf-hub:"  # model.checkpoint.HUB_PREFIX, which imports torch
+# What each library reads (at import, or when it would call out) to leave the network alone.
+OFFLINE_SWITCHES = {
+    # gradio: the version check (api.gradio.app) and launch analytics (huggingface.co)
+    "GRADIO_ANALYTICS_ENABLED": "False",
+    "GRADIO_SHARE": "False",  # a share link is a tunnel through api.gradio.app
+    # gradio's run history: its page offers to copy every run (images too) to a hub bucket
+    "GRADIO_RUN_HISTORY": "False",
+    "HF_HUB_DISABLE_TELEMETRY": "1",
+    "HF_HUB_DISABLE_UPDATE_CHECK": "1",
+    "NO_ALBUMENTATIONS_UPDATE": "1",  # albumentations asks pypi.org for its latest version
+}
 
 
 def data_dir() -> Path:
@@ -46,6 +63,33 @@ def configure_storage() -> Path:
     for name, default in defaults.items():
         os.environ[name] = os.environ.get(name) or str(default)
     return folder
+
+
+def requested_model(argv: Sequence[str] | None = None) -> str | None:
+    """The checkpoint ``python app.py ARGV`` will serve (its ``--model``, else
+    ``resolve_model_spec``'s default), read before the app's own parser exists."""
+    parser = argparse.ArgumentParser(add_help=False, exit_on_error=False)
+    parser.add_argument("--model")
+    try:
+        known, _ = parser.parse_known_args(sys.argv[1:] if argv is None else argv)
+    except argparse.ArgumentError:  # e.g. "--model" without a value: app.py's parser says so
+        return None
+    return resolve_model_spec(known.model)
+
+
+def stay_offline(argv: Sequence[str] | None = None) -> None:
+    """Switch off every call out that gradio, huggingface_hub and albumentations make on their
+    own (``OFFLINE_SWITCHES``), and the hub itself (``HF_HUB_OFFLINE=1``) unless the model
+    ``python app.py ARGV`` asks for is ``hf-hub:…``.
+
+    Call before those libraries are imported (they read the switches at import) and before
+    the model's process starts, which inherits them. They override the environment: a clinical
+    app does not phone out (``tests/test_offline.py`` checks both processes).
+    """
+    os.environ.update(OFFLINE_SWITCHES)
+    spec = requested_model(argv)
+    if not (spec or "").startswith(HUB_PREFIX):
+        os.environ["HF_HUB_OFFLINE"] = "1"
 
 
 def limit_malloc_arenas(arenas: int = 2) -> bool:

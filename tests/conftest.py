@@ -1,7 +1,9 @@
 """Shared fixtures: real images from ../shared/data/lung5, small checkpoints made here, the
 app as a subprocess, and a throwaway PostgreSQL server.
 
-Nothing is downloaded. ``LUNGCAM_DATA`` overrides where the lung5 folder is. The PostgreSQL
+Nothing is downloaded. ``LUNGCAM_DATA`` overrides where the lung5 folder is. Everything the
+app writes (reviews, Gradio's uploads and cache) goes under pytest's temporary folders, never
+into the checkout's ``./data``; a session that adds anything there fails. The PostgreSQL
 server comes from Debian's ``postgresql`` package (``/usr/lib/postgresql/*/bin``): ``initdb`` +
 ``pg_ctl`` in a temporary folder on a free loopback port. ``initdb`` refuses to run as root, so
 under root (as in CI) the server runs as the ``postgres`` system user. Without the binaries the
@@ -37,6 +39,33 @@ from training.data import LUNG5
 
 REPO = Path(__file__).resolve().parent.parent
 BUNDLED_MODEL = REPO / "assets" / "model"
+
+
+def files_under(folder: Path) -> set[Path]:
+    return {folder, *folder.rglob("*")} if folder.exists() else set()
+
+
+REPO_DATA_BEFORE = files_under(REPO / "data")
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """Fail the session when a test wrote into the checkout's own data folder."""
+    added = sorted(files_under(REPO / "data") - REPO_DATA_BEFORE)
+    if added:
+        shown = ", ".join(str(p.relative_to(REPO)) for p in added[:5])
+        pytest.exit(f"tests wrote {len(added)} files into ./data: {shown}", returncode=1)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def storage_in_tmp(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """The data folder and Gradio's folders of this process and of every app it starts: a
+    temporary folder (``serving.runtime.configure_storage`` would pick ``./data``)."""
+    data = tmp_path_factory.mktemp("lungcam-data")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("LUNGCAM_DATA_DIR", str(data))
+        patch.setenv("GRADIO_TEMP_DIR", str(data / "gradio"))
+        patch.setenv("GRADIO_EXAMPLES_CACHE", str(data / "gradio" / "cached_examples"))
+        yield data
 
 
 def lung5_images(split: str = "test", per_class: int = 1) -> list[Path]:
@@ -104,7 +133,8 @@ def launch_app(
             *extra,
         ],
         cwd=REPO,
-        env={**os.environ, **(env or {})},
+        # Gradio's folders: inside the app's own data folder (its LUNGCAM_DATA_DIR)
+        env={**os.environ, "GRADIO_TEMP_DIR": "", "GRADIO_EXAMPLES_CACHE": "", **(env or {})},
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,

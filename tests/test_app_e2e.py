@@ -2,8 +2,10 @@
 
 from pathlib import Path
 
+import httpx
 import numpy as np
 import pytest
+from gradio_client import handle_file
 from PIL import Image
 
 import app
@@ -12,6 +14,7 @@ from imaging.overlay import DEFAULT_COLORMAP, DEFAULT_OPACITY
 from model.predictor import Predictor
 from review.store import ReviewStore
 from serving.model_process import LocalModel
+from tests.bad_inputs import PHI, make_dicom, ramp
 from tests.conftest import predict_api
 
 pytestmark = pytest.mark.slow
@@ -66,8 +69,6 @@ def test_examples_are_real_and_small():
 def test_predict_notes_give_every_class_share_on_the_lungs_and_outline_is_optional(
     client, real_image
 ):
-    from gradio_client import handle_file
-
     label, plain_path, _, notes = predict_api(client, real_image)  # the README's 3 arguments
     listed = notes.split("Heatmap on the lungs")[1]
     for c in label["confidences"]:
@@ -92,3 +93,38 @@ def test_readme_api_example_runs_as_written(app_url, capsys):
 def test_predict_returns_the_shown_class_as_a_string(client, real_image):
     label, _, shown, _ = predict_api(client, real_image)
     assert isinstance(shown, str) and shown == label["label"]
+
+
+def test_an_uploaded_dicom_is_deleted_once_read_and_never_served_back(app_url, client, tmp_path):
+    named = tmp_path / "Doe_Jane_MRN-7731-PHI.dcm"  # the name is itself an identifier
+    named.write_bytes(make_dicom(ramp(256, 256)))
+    with named.open("rb") as f:
+        answer = httpx.post(f"{app_url}gradio_api/upload", files={"files": (named.name, f)})
+    stored = Path(answer.json()[0])  # where the upload route keeps it until a request reads it
+    assert stored.is_file()
+    label, _, _, notes = predict_api(client, named)  # the same bytes: the same stored path
+    assert not stored.exists()
+    assert httpx.get(f"{app_url}gradio_api/file={stored}").status_code in (403, 404)
+    uploads = stored.parents[1]  # the app's whole upload folder
+    assert not [p for p in uploads.rglob("*") if "Doe" in p.name or "MRN" in p.name]
+    assert not [p for p in uploads.rglob("*") if p.is_file() and b"MRN-7731" in p.read_bytes()]
+    for value in PHI.values():
+        assert value not in notes and value not in str(label)
+    broken = tmp_path / "Doe_Jane_MRN-7731-PHI-2.dcm"
+    broken.write_bytes(b"not a dicom file\n" * 50)
+    with pytest.raises(Exception, match=r"upload\.dcm: not a readable DICOM") as err:
+        predict_api(client, broken)
+    assert "Doe" not in str(err.value) and "MRN" not in str(err.value)
+
+
+def test_concurrent_requests_with_the_same_image_each_get_their_own_files(client, real_image):
+    jobs = [
+        client.submit(handle_file(str(real_image)), DEFAULT_OPACITY, DEFAULT_COLORMAP,
+                      api_name="/predict")
+        for _ in range(16)
+    ]  # fmt: skip
+    overlays = [job.result(timeout=300)[1] for job in jobs]
+    assert len(set(overlays)) == len(jobs)  # no file shared, so none rewritten while sent
+    first = np.asarray(Image.open(overlays[0]))
+    for path in overlays[1:]:
+        assert np.array_equal(np.asarray(Image.open(path)), first)

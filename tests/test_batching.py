@@ -71,7 +71,8 @@ def test_bad_settings_are_refused(size, wait):
 def test_batched_predictions_equal_single_predictions(tiny_checkpoint):
     predictor = Predictor.load(str(tiny_checkpoint), "cpu")
     images = [load_image(p) for p in lung5_images("test", per_class=1)]
-    batcher = MicroBatcher(predictor.predict_many, max_batch_size=5)
+    # max_wait_s: on a busy machine the others may start after the first forward has ended
+    batcher = MicroBatcher(predictor.predict_many, max_batch_size=5, max_wait_s=2.0)
     with ThreadPoolExecutor(len(images)) as pool:
         batched = list(pool.map(batcher.submit, images))
     batcher.close()

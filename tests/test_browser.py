@@ -165,3 +165,51 @@ def test_walk_two_cases_one_review_each_and_a_non_chest_headline(browser_page, t
         close.click()
     page.wait_for_timeout(1000)  # let the progress overlays fade before the screenshot
     page.screenshot(path=str(ARTIFACTS / "browser-not-chest.png"), full_page=True)
+
+
+def test_a_broken_file_after_a_good_film_empties_every_output_with_one_error(
+    browser_page, tmp_path
+):
+    page, data = browser_page
+    page.reload()
+    label = page.get_by_test_id("label-output-value")
+    heatmap = page.locator(".block", has=page.get_by_text("Grad-CAM overlay")).locator("img")
+    original = page.locator(".block", has=page.get_by_text("Original", exact=True)).locator("img")
+    facts = page.get_by_text("224×224 px")  # the notes' first line
+    upload = page.locator("#lungcam-upload")
+
+    example = sorted((REPO / "assets" / "examples").glob("*.jpg"))[0]
+    page.locator("input[type=file]").first.set_input_files(str(example))
+    expect(label).to_have_count(1, timeout=TIMEOUT_MS)
+    expect(heatmap).to_have_count(1, timeout=TIMEOUT_MS)
+    expect(original).to_have_count(1, timeout=TIMEOUT_MS)
+    expect(facts.first).to_be_visible(timeout=TIMEOUT_MS)
+    assert example.stem not in upload.inner_text()  # the box never shows a file's own name
+    page.get_by_label("agree", exact=True).check()
+    page.get_by_label("Note").fill("good film")
+    page.get_by_label("Reviewer name", exact=False).fill("dr-browser")
+    page.get_by_role("button", name="Save review").click()
+    expect(page.get_by_text("Saved: review")).to_be_visible(timeout=TIMEOUT_MS)
+
+    broken = tmp_path / "Doe_Jane_MRN-7731.png"
+    broken.write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(300))
+    upload.get_by_label("Clear").click()  # how the box takes another file
+    upload.locator("input[type=file]").set_input_files(str(broken))
+    toasts = page.locator(".toast-body")
+    expect(toasts.first).to_contain_text("upload.png: ", timeout=TIMEOUT_MS)
+    page.wait_for_timeout(2000)  # any second toast (e.g. a clearing handler's) shows by now
+    messages = [text for text in toasts.all_inner_texts() if text.strip()]
+    try:
+        assert len(messages) == 1 and "not a readable image" in messages[0], messages
+        assert "Doe" not in messages[0] and "MRN" not in messages[0]
+        expect(label).to_have_count(0)
+        expect(heatmap).to_have_count(0)
+        expect(original).to_have_count(0)
+        expect(facts).to_have_count(0)
+        expect(page.get_by_text("Saved: review")).to_have_count(0)
+        expect(page.get_by_label("Note")).to_have_value("")
+        assert "Doe" not in upload.inner_text()
+        assert not [p for p in (data / "gradio").rglob("*") if "Doe" in p.name]
+    finally:
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(ARTIFACTS / "browser-broken-file.png"), full_page=True)

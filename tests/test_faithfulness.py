@@ -85,6 +85,7 @@ def test_wrong_map_shape_is_an_error():
         )
 
 
+@pytest.mark.slow
 def test_road_score_of_a_real_image_with_a_prediction(tiny_checkpoint, real_image):
     predictor = Predictor.load(str(tiny_checkpoint), "cpu")
     image = load_image(real_image)

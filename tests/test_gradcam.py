@@ -6,21 +6,33 @@ import sys
 import numpy as np
 import pytest
 import torch
+from pytorch_grad_cam import GradCAM
+from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
-from bench.graphs import normalised_maps, reference_maps
 from imaging.load import load_image
 from model.cam import AllClassGradCAM
 from model.config import ModelConfig
-from model.cudagraph import capture_cuda_graph
-from model.heatmaps import scale_cam
+from model.heatmaps import normalise_cam, scale_cam
 from model.network import create_network
 from model.predictor import Predictor
 from tests.conftest import BUNDLED_MODEL, REPO, lung5_images
 
 
-def _assert_equivalent(model, batch, capture=None):
-    logits, raw = AllClassGradCAM(model, capture=capture)(batch)
-    reference = reference_maps(model, batch, model.features.denseblock4)
+def reference_maps(model, batch, layer) -> np.ndarray:
+    """pytorch-grad-cam's ``GradCAM`` maps of every class, (B, K, H, W) at input size."""
+    with GradCAM(model, [layer]) as cam:
+        targets = [[ClassifierOutputTarget(k)] * len(batch) for k in range(model.num_classes)]
+        return np.stack([cam(batch, target) for target in targets], axis=1)
+
+
+def normalised_maps(raw, size) -> np.ndarray:
+    """Raw maps (B, K, h, w) → [0, 1] at ``size`` (width, height), as pytorch-grad-cam scales."""
+    return np.stack([[normalise_cam(per_class, size) for per_class in image] for image in raw])
+
+
+def _assert_equivalent(model, batch, layer="features.denseblock4"):
+    logits, raw = AllClassGradCAM(model, layer)(batch)
+    reference = reference_maps(model, batch, model.get_submodule(layer))
     ours = normalised_maps(raw, (batch.shape[-1], batch.shape[-2]))
     assert ours.shape == reference.shape
     np.testing.assert_allclose(ours, reference, atol=1e-4)
@@ -28,6 +40,7 @@ def _assert_equivalent(model, batch, capture=None):
         torch.testing.assert_close(logits, model(batch), atol=1e-4, rtol=1e-4)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("size", [64, 224])
 def test_matches_pytorch_grad_cam_with_random_weights(size):
     torch.manual_seed(size)
@@ -35,6 +48,7 @@ def test_matches_pytorch_grad_cam_with_random_weights(size):
     _assert_equivalent(model, torch.randn(2, 3, size, size))
 
 
+@pytest.mark.slow
 def test_matches_pytorch_grad_cam_with_the_bundled_trained_model():
     predictor = Predictor.load(str(BUNDLED_MODEL), "cpu")  # with its lung segmenter
     assert predictor.config.trained
@@ -42,13 +56,15 @@ def test_matches_pytorch_grad_cam_with_the_bundled_trained_model():
     _assert_equivalent(predictor.model, batch)
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-def test_matches_pytorch_grad_cam_with_cuda_graphs(monkeypatch):
-    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)  # batch 3 runs padded to 4
-    torch.manual_seed(0)
-    model = create_network(ModelConfig()).to("cuda", memory_format=torch.channels_last).eval()
-    batch = torch.randn(3, 3, 224, 224, device="cuda").contiguous(memory_format=torch.channels_last)
-    _assert_equivalent(model, batch, capture_cuda_graph)
+@pytest.mark.parametrize("stride", [16, 32])
+def test_matches_pytorch_grad_cam_after_the_last_norm_at_either_output_stride(stride):
+    """The guided models' served map: Grad-CAM on norm5, i.e. their class activation map."""
+    torch.manual_seed(stride)
+    model = create_network(ModelConfig(input_size=(3, 64, 64), output_stride=stride)).eval()
+    _assert_equivalent(model, torch.randn(2, 3, 64, 64), "features.norm5")
+    assert AllClassGradCAM(model, "features.norm5")(torch.randn(1, 3, 64, 64))[1].shape[-1] == (
+        64 // stride
+    )
 
 
 def test_refuses_a_model_in_train_mode():

@@ -146,3 +146,22 @@ def test_real_segmenter_end_to_end(tiny_checkpoint, tmp_path):
     assert not case.prediction.lungs.found and "lung fields not found" in notes
     assert NO_LUNGS_REASON in notes  # the guard counts it (no fitted statistics here)
     assert load_image(str(tmp_path / "flat.png")).size == (280, 300)
+
+
+@pytest.mark.parametrize(
+    ("box", "flat"),
+    [(None, 0.5), (CropBox(0, 0, SIDE // 2, SIDE), 1.0), (CropBox(32, 0, SIDE, SIDE), 1 / 3)],
+)
+def test_the_share_is_read_against_a_flat_map_over_what_the_model_saw(tmp_path, box, flat):
+    """A flat map over the crop scores the lungs' share of the crop; a map on the lungs
+    reads as that many times a flat map."""
+    image = load_image(_upload(tmp_path))
+    prediction = _predict(0, _lungs(), box)(image)
+    assert prediction.flat_lung_share() == pytest.approx(flat, abs=0.02)
+    share = prediction.lung_share(0)
+    line = lung_share.share_line(prediction, LABELS[0])
+    assert line.endswith(f"({share / prediction.flat_lung_share():.1f}× a flat map)")
+    assert f"a flat map over what the model saw: {round(100 * flat)} %" in lung_share.summary(
+        prediction
+    )
+    assert _predict(0, _lungs(found=False))(image).flat_lung_share() is None

@@ -63,6 +63,7 @@ print(prediction.top_label, sorted(m for m in ("torch", "timm") if m in sys.modu
 """
 
 
+@pytest.mark.slow
 def test_the_server_side_never_imports_torch():
     """Importing the app, predicting, an Explain view and an error: no torch, no timm here."""
     out = subprocess.run(
@@ -84,6 +85,7 @@ def test_config_is_read_from_the_folder_before_the_weights_load():
         model.close()
 
 
+@pytest.mark.slow
 def test_predictions_equal_those_made_in_this_process(local, remote):
     images = [load_image(path) for path in EXAMPLES]
     here, there = local.predict_many(images), remote.predict_many(images)
@@ -100,6 +102,7 @@ def test_predictions_equal_those_made_in_this_process(local, remote):
     assert "device: `cpu`" in remote.describe() and remote.config.version in remote.describe()
 
 
+@pytest.mark.slow
 def test_explain_views_run_there_by_name(local, remote, tmp_path):
     prediction = remote.predict(load_image(EXAMPLES[0]))
     args = ("COVID-19", "Viral Pneumonia", 0.5, "jet", False)
@@ -111,6 +114,7 @@ def test_explain_views_run_there_by_name(local, remote, tmp_path):
     assert set(VIEWS) <= set(dir(__import__("explain.views").views))
 
 
+@pytest.mark.slow
 def test_concurrent_requests_each_get_their_own_answer(local, remote):
     images = [load_image(path) for path in EXAMPLES]
     with ThreadPoolExecutor(len(images)) as pool:
@@ -120,6 +124,7 @@ def test_concurrent_requests_each_get_their_own_answer(local, remote):
         np.testing.assert_allclose(answer.probabilities, expected, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_errors_cross_over_as_themselves(remote):
     prediction = remote.predict(load_image(EXAMPLES[0]))
     with pytest.raises(ValueError, match="unknown class 'Flu'"):
@@ -164,6 +169,7 @@ def test_weights_that_cannot_load_are_named(tmp_path):
         model.close()
 
 
+@pytest.mark.slow
 def test_a_crash_fails_only_the_request_in_flight_then_the_model_comes_back(remote):
     image = load_image(EXAMPLES[0])
     prediction = remote.predict(image)

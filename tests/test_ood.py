@@ -203,6 +203,7 @@ def test_describe():
     assert text.startswith("This may not be a frontal chest X-ray") and "in colour" in text
 
 
+@pytest.mark.slow
 def test_predictor_returns_pooled_features_of_the_same_forward(tiny_checkpoint):
     predictor = Predictor.load(str(tiny_checkpoint), "cpu")
     image = gray(96, 80)
@@ -226,6 +227,7 @@ def test_non_chest_images_cover_every_kind():
     assert len(kinds) == 23 + 2 + 5 * 2
 
 
+@pytest.mark.slow
 def test_fit_then_measure_cli(tiny_checkpoint, tmp_path, capsys):
     model = tmp_path / "model"
     shutil.copytree(tiny_checkpoint, model)
@@ -265,6 +267,7 @@ def test_fit_then_measure_cli(tiny_checkpoint, tmp_path, capsys):
     assert "chest_warn_rate" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_bundled_guard_warns_on_every_kind_of_non_chest_image():
     """The crop-only guard let CT slices and hand/knee radiographs through (the segmenter
     draws "lungs" on them); seen whole, each generated kind and each package sample warns."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import os
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -124,6 +125,39 @@ def test_csv_has_every_column_the_filtered_rows_and_no_live_formulas(store, tmp_
     every = list(csv.DictReader(io.StringIO(reviews_csv(store.list()))))
     assert tuple(every[0]) == ROW_COLUMNS
     assert {r["review_id"]: r["note"] for r in every}["a"] == '\'=HYPERLINK("http://x")'
+
+
+FORMULA_STARTS = ("=", "+", "-", "@", "\t")
+
+
+@pytest.mark.parametrize(
+    ("note", "escaped"),
+    [
+        ("ok\r=1+1", "ok\r'=1+1"),
+        ("ok\n=1+1", "ok\n'=1+1"),
+        ("ok\r\n=1+1", "ok\r\n'=1+1"),
+        ("=1+1", "'=1+1"),
+        ("+1", "'+1"),
+        ("-1", "'-1"),
+        ("@SUM(A1)", "'@SUM(A1)"),
+        ("\t=1", "'\t=1"),
+        ("a\r+b\n-c\r\n@d", "a\r'+b\n'-c\r\n'@d"),
+        ("\r=1", "'\r'=1"),
+        ('plain, "quoted"', 'plain, "quoted"'),
+    ],
+)
+def test_csv_line_breaks_never_split_a_row_nor_start_a_formula(store, note, escaped):
+    """A bare CR, LF or CRLF in a note stays inside its quoted cell, and no line of any cell
+    starts like a formula (the spreadsheet reading it may split the cell at any of them)."""
+    store.add(make_draft(review_id="a", note=note))
+    text = reviews_csv(store.list())
+    rows = list(csv.reader(io.StringIO(text, newline="")))
+    assert len(rows) == 2 and rows[0] == list(ROW_COLUMNS)
+    assert rows[1][ROW_COLUMNS.index("note")] == escaped
+    assert rows[1][ROW_COLUMNS.index("review_id")] == "a"
+    lines = re.split(r"\r\n|\r|\n", text)
+    starts = [line for line in lines if line.lstrip('"').startswith(FORMULA_STARTS)]
+    assert starts == []
 
 
 def test_csv_file_is_named_by_content_inside_the_folder(store, tmp_path):

@@ -37,7 +37,7 @@ LABELS = ["Bacterial Pneumonia", "COVID-19", "Normal", "Tuberculosis", "Viral Pn
 PIXELS = np.arange(64 * 80, dtype=np.uint32).reshape(64, 80).astype(np.uint8)
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.slow)])
 def store(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch) -> Iterator[ReviewStore]:
     """An empty, migrated store: a fresh SQLite file, or a fresh database on the server."""
     monkeypatch.delenv("DATABASE_URL", raising=False)

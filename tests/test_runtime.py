@@ -13,14 +13,19 @@ import pytest
 import torch
 
 from imaging.load import load_image
+from model.checkpoint import HUB_PREFIX
 from model.predictor import Predictor, pick_autocast
+from serving import runtime
 from serving.model_process import LocalModel
 from serving.runtime import (
     DATA_ENV,
+    OFFLINE_SWITCHES,
     configure_storage,
     data_dir,
     limit_malloc_arenas,
     make_predict,
+    requested_model,
+    stay_offline,
 )
 from tests.conftest import lung5_images
 
@@ -68,6 +73,7 @@ def test_autocast_is_off_unless_asked_for(amp, expected):
     assert pick_autocast(torch.device("cpu"), amp) is expected
 
 
+@pytest.mark.slow
 def test_bf16_trunk_stays_close_to_float32(tiny_checkpoint):
     images = [load_image(p) for p in lung5_images("test", per_class=1)]
     exact = Predictor.load(str(tiny_checkpoint), "cpu").predict_many(images)
@@ -86,3 +92,31 @@ def test_malloc_arenas_are_capped_on_glibc_unless_the_environment_says(monkeypat
     assert limit_malloc_arenas(2) is True
     monkeypatch.setenv("MALLOC_ARENA_MAX", "4")
     assert limit_malloc_arenas(2) is False
+
+
+@pytest.mark.parametrize(
+    ("argv", "environ", "hub"),
+    [
+        ([], {}, False),  # the bundled model
+        (["--port", "7861", "--model", "assets/model"], {}, False),
+        (["--model=hf-hub:org/name", "--help"], {}, True),
+        ([], {"LUNGCAM_MODEL": "hf-hub:org/name"}, True),
+        (["--model", "weights.pt"], {"LUNGCAM_MODEL": "hf-hub:org/name"}, False),
+    ],
+)
+def test_stay_offline_switches_every_check_off_and_the_hub_unless_asked_for(
+    monkeypatch, argv, environ, hub
+):
+    said = {"GRADIO_ANALYTICS_ENABLED": "True", "NO_ALBUMENTATIONS_UPDATE": "0"}
+    monkeypatch.setattr(os, "environ", {**said, **environ})
+    stay_offline(argv)
+    assert {name: os.environ[name] for name in OFFLINE_SWITCHES} == OFFLINE_SWITCHES
+    assert os.environ["GRADIO_ANALYTICS_ENABLED"] == "False"
+    assert ("HF_HUB_OFFLINE" not in os.environ) == hub
+    assert hub or os.environ["HF_HUB_OFFLINE"] == "1"
+
+
+def test_the_hub_prefix_is_the_checkpoint_loaders(monkeypatch):
+    monkeypatch.delenv("LUNGCAM_MODEL", raising=False)
+    assert runtime.HUB_PREFIX == HUB_PREFIX
+    assert requested_model(["--model", f"{HUB_PREFIX}org/name"]) == "hf-hub:org/name"

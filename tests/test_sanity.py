@@ -71,6 +71,7 @@ EIGENCAM_FAILS = pytest.mark.xfail(
 )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "method",
     [

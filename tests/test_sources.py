@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from torch.utils.data import RandomSampler, WeightedRandomSampler
 
-from model.config import CLASS_FOLDERS
-from training.data import LUNG5, ImageRecord
+from model.config import CLASS_FOLDERS, CLASS_NAMES
+from training.data import LUNG5, PNEUMONIA_CLASSES, ImageRecord, allowed_classes
 from training.sources import (
     balance_weights,
     cell_counts,
@@ -142,3 +142,46 @@ def test_real_folders_with_some_classes_merge_into_all_five():
     assert {r.label for r in splits["train"]} == set(range(5))
     with pytest.raises(ValueError, match="hold no images of: Bacterial Pneumonia"):
         load_folders([LUNG5.parent / "lung5-extra"])
+
+
+@pytest.mark.parametrize(("label", "allowed"), [
+    ("Pneumonia", (0, 4)), ("PNEUMONIA", (0, 4)), (" pneumonia ", (0, 4)),
+    ("NORMAL", (2,)), ("viral_pneumonia", (4,)), ("covid-19", (1,)),
+])
+def test_label_sets_and_single_labels_have_one_home(label, allowed):
+    from training import crop_cache
+
+    assert allowed_classes(label) == allowed
+    assert crop_cache.allowed_classes is allowed_classes  # the cache reads training.data's
+    names = [CLASS_NAMES[k] for k in PNEUMONIA_CLASSES]
+    assert names == ["Bacterial Pneumonia", "Viral Pneumonia"]
+
+
+def test_an_unknown_label_is_named():
+    with pytest.raises(ValueError, match=r"unknown label 'cats'.*'Pneumonia'"):
+        allowed_classes("cats")
+
+
+def test_a_pneumonia_folder_is_a_label_set_balanced_as_a_bacterial_source(tmp_path):
+    root = make_folder(tmp_path / "adult", [*CLASS_FOLDERS, "PNEUMONIA"],
+                       source=lambda k: "rsna" if k == 5 else "kids")
+    splits = load_folders([root])
+    sets = [r for r in splits["train"] if r.path.parent.name == "PNEUMONIA"]
+    assert len(sets) == 2 and all(r.is_set for r in sets)
+    assert {(r.label, r.allowed, r.source) for r in sets} == {(0, (0, 4), "rsna")}
+    singles = [r for r in splits["train"] if not r.is_set]
+    assert len(singles) == 10 and all(r.allowed == (r.label,) for r in singles)
+    cells = cell_counts(splits["train"])
+    assert cells[(0, "rsna")] == 2 and cells[(0, "kids")] == 2 and cells[(4, "kids")] == 2
+    weights = dict(zip([r.path.name for r in splits["train"]],
+                       balance_weights(splits["train"], "class-source"), strict=True))
+    # class 0 has two sources (kids, rsna): each cell a tenth of the epoch, each image 1/20
+    assert weights[sets[0].path.name] == pytest.approx(1 / 20)
+    assert sum(w for r, w in zip(splits["train"], weights.values(), strict=True)
+               if r.label == 4) == pytest.approx(1 / 5)
+
+
+def test_a_label_set_is_no_example_of_its_classes(tmp_path):
+    root = make_folder(tmp_path / "sets", ["PNEUMONIA", *CLASS_FOLDERS[1:]])
+    with pytest.raises(ValueError, match=r"hold no images of: Bacterial Pneumonia$"):
+        load_folders([root])

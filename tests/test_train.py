@@ -15,7 +15,13 @@ from model.predictor import Predictor
 from model.transforms import build_transform
 from tests.conftest import lung5_images
 from training import train as trainer
-from training.data import XrayDataset, class_index_of, load_splits, scan_class_folders
+from training.data import (
+    PNEUMONIA_CLASSES,
+    XrayDataset,
+    class_index_of,
+    load_splits,
+    scan_class_folders,
+)
 
 
 def _args(data, out, *extra):
@@ -63,7 +69,7 @@ def _one_step(model, stage, args, data_root):
     params = trainer.set_stage(model, stage, args.freeze_blocks)
     optimizer, scheduler = trainer.make_optimizer(params, stage, args, steps=1)
     trainer.train_one_epoch(model, loader, stage, optimizer, scheduler,
-                             torch.nn.CrossEntropyLoss(), torch.device("cpu"), amp=False)
+                             trainer.SetCrossEntropy(), torch.device("cpu"), amp=False)
     return optimizer
 
 
@@ -88,6 +94,7 @@ def test_stage2_adamw_with_weight_decay_moves_the_backbone(tiny_data, tmp_path):
     assert not torch.equal(before, model.features.conv0.weight)
 
 
+@pytest.mark.slow
 def test_training_run_saves_a_calibrated_checkpoint_the_app_loads(tiny_data, tmp_path):
     best = trainer.train(_args(tiny_data, tmp_path / "run", "--version", "smoke"))
     lines = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").open()]
@@ -107,12 +114,14 @@ def test_training_run_saves_a_calibrated_checkpoint_the_app_loads(tiny_data, tmp
         ("head", 1), ("full", 1), ("full", 2)]
 
 
+@pytest.mark.slow
 def test_pretrained_without_hub_stops_with_a_clear_message(tiny_data, tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(SystemExit, match="could not fetch ImageNet weights"):
         trainer.main(["--data", str(tiny_data), "--out", str(tmp_path), "--pretrained"])
 
 
+@pytest.mark.slow
 def test_frozen_blocks_keep_weights_and_batchnorm_statistics(tiny_data, tmp_path):
     model = create_network(ModelConfig(input_size=(3, 64, 64)))
     before = {k: v.clone() for k, v in model.state_dict().items()}
@@ -123,6 +132,7 @@ def test_frozen_blocks_keep_weights_and_batchnorm_statistics(tiny_data, tmp_path
     assert {"transition2", "denseblock3", "denseblock4", "norm5"} <= changed
 
 
+@pytest.mark.slow
 def test_two_folders_train_with_class_source_sampling(tiny_data, tmp_path, caplog):
     second = tmp_path / "second"
     shutil.copytree(tiny_data, second)
@@ -139,3 +149,65 @@ def test_two_folders_train_with_class_source_sampling(tiny_data, tmp_path, caplo
     assert [line["stage"] for line in lines] == ["head"]
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["val_macro_f1"] >= 0  # temperature fitted on both folders' val splits
+
+
+def _with_pneumonia_sets(tiny_data, root, per_split=2):
+    """A copy of ``tiny_data`` with a ``PNEUMONIA`` (label set) folder in train and val."""
+    shutil.copytree(tiny_data, root)
+    for split in ("train", "val"):
+        (root / split / "PNEUMONIA").mkdir()
+        for path in lung5_images("test", per_class=per_split)[:per_split]:
+            shutil.copy(path, root / split / "PNEUMONIA" / f"set-{path.name}")
+    return root
+
+
+def test_a_pneumonia_folder_is_read_as_the_set_of_both_pneumonia_classes(tiny_data, tmp_path):
+    root = _with_pneumonia_sets(tiny_data, tmp_path / "data")
+    records = scan_class_folders(root / "train")
+    sets = [r for r in records if r.path.parent.name == "PNEUMONIA"]
+    assert len(sets) == 2 and all(r.is_set and r.allowed == PNEUMONIA_CLASSES for r in sets)
+    assert {r.label for r in sets} == {0}  # the first admitted class, for balancing only
+    assert sum(not r.is_set for r in records) == 16
+    dataset = XrayDataset(sets, build_transform(ModelConfig(input_size=(3, 64, 64))))
+    image, allowed = dataset[0]
+    assert image.shape == (3, 64, 64) and allowed.tolist() == [True, False, False, False, True]
+    (root / "val" / "BACTERIAL PNEUMONIA").rename(root / "val" / "Lobar")
+    with pytest.raises(ValueError, match=r"unknown class folder 'Lobar'.*or Pneumonia"):
+        scan_class_folders(root / "val")
+
+
+def test_a_label_set_stands_in_for_no_class_folder(tiny_data, tmp_path):
+    root = _with_pneumonia_sets(tiny_data, tmp_path / "data")
+    shutil.rmtree(root / "train" / "BACTERIAL PNEUMONIA")
+    with pytest.raises(ValueError, match=r"lacks class folders: Bacterial Pneumonia$"):
+        scan_class_folders(root / "train")
+
+
+@pytest.mark.parametrize("weighted", [False, True])
+def test_set_cross_entropy_is_cross_entropy_for_one_class_and_log_sum_for_a_set(weighted):
+    torch.manual_seed(0)
+    logits, labels = torch.randn(6, 5), torch.tensor([0, 1, 2, 3, 4, 2])
+    weight = torch.tensor([0.5, 2.0, 1.0, 3.0, 1.5]) if weighted else None
+    one_hot = torch.nn.functional.one_hot(labels, 5).bool()
+    expected = torch.nn.CrossEntropyLoss(weight=weight)(logits, labels)
+    assert torch.allclose(trainer.SetCrossEntropy(weight)(logits, one_hot), expected)
+    sets = one_hot.clone()
+    sets[:2] = False
+    sets[:2, list(PNEUMONIA_CLASSES)] = True  # rows 0 and 1: "Pneumonia", cause unknown
+    p = logits.softmax(dim=1)
+    per_image = -torch.log(torch.where(sets, p, 0).sum(dim=1))
+    w = torch.ones(6) if weight is None else weight[torch.tensor([0, 0, 2, 3, 4, 2])]
+    got = trainer.SetCrossEntropy(weight)(logits, sets)
+    assert torch.allclose(got, (w * per_image).sum() / w.sum())
+    # a set is never trained as Bacterial: with all mass on Viral its loss is ~0
+    viral = torch.tensor([[-9.0, -9.0, -9.0, -9.0, 9.0]])
+    assert trainer.SetCrossEntropy(weight)(viral, sets[:1]) < 1e-6
+    assert trainer.SetCrossEntropy(weight)(viral, one_hot[:1]) > 10
+
+
+def test_training_with_label_sets_scores_them_apart(tiny_data, tmp_path):
+    root = _with_pneumonia_sets(tiny_data, tmp_path / "data")
+    trainer.train(_args(root, tmp_path / "run", "--epochs", "0", "--samples-per-epoch", "8"))
+    (line,) = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").open()]
+    assert 0 <= line["val_set_accuracy"] <= 1 and 0 <= line["val_accuracy"] <= 1
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["temperature"] > 0

@@ -106,6 +106,7 @@ def _ddp_rank(rank: int, port: int, out: str) -> None:
         torch.save(_head_epoch(loader, ranks.wrap), Path(out) / f"rank{rank}.pt")
 
 
+@pytest.mark.slow
 def test_two_process_epoch_matches_one_process_on_the_same_global_batches(tmp_path):
     torch.multiprocessing.spawn(_ddp_rank, (free_port(), str(tmp_path)), nprocs=WORLD_SIZE)
     rank0, rank1 = (torch.load(tmp_path / f"rank{r}.pt") for r in range(WORLD_SIZE))

@@ -35,9 +35,9 @@ def counted(predictor, monkeypatch):
         calls["predict"] += 1
         return predictor.predict(image)
 
-    def load_image(path):
+    def load_image(*args):
         calls["decode"] += 1
-        return decode(path)
+        return decode(*args)
 
     monkeypatch.setattr(ui.analyze, "load_image", load_image)
     return predict, calls
@@ -226,6 +226,7 @@ def test_explain_defaults_follow_the_prediction(predictor):
     assert ExplainHandlers.defaults(case) == (ranked[0], ranked[0], ranked[1])
 
 
+@pytest.mark.slow
 def test_score_cam_requests_go_to_their_own_queue_only(predictor, tmp_path):
     handlers = ExplainHandlers(LocalModel(predictor), tmp_path)
     case = Case("x.png", predictor.predict(predictor_image(0)))
@@ -303,3 +304,37 @@ def test_overlay_is_display_size_and_full_resolution_is_a_png_away(predictor, tm
     assert np.abs(small.astype(int) - outlined.astype(int)).mean() < 8  # same picture, smaller
     with pytest.raises(gr.Error, match="Analyse"):
         handlers.full_resolution(None, shown, 0.45, "jet")
+
+
+def test_a_failed_analysis_clears_every_output_of_the_last_case(predictor, store):
+    """A good film, then a broken file: nothing of the film stays on screen (the headline,
+    overlays, notes, lung share, Explain views and the review form with its PDF), and each
+    clearing handler returns exactly as many values as it has outputs."""
+    import app
+
+    demo = app.build_demo(LocalModel(predictor), store=store)
+    fns = list(demo.fns.values())
+    analyses = [f for f in fns if getattr(f.fn, "__name__", "") == "analyze"]
+    assert len(analyses) == 3  # the Analyze button, an upload, an example clicked
+    for analysis in analyses:
+        after = [f for f in fns if f.trigger_after == analysis._id]
+        written = {block._id for f in after if not f.trigger_only_on_failure for block in f.outputs}
+        written |= {block._id for block in analysis.outputs}
+        cleared = set()
+        for failure in (f for f in after if f.trigger_only_on_failure):
+            values = failure.fn(*[None] * len(failure.inputs))
+            assert len(values) == len(failure.outputs)
+            assert all(value is None for value in values)
+            cleared |= {block._id for block in failure.outputs}
+        assert written <= cleared
+
+
+def test_a_broken_upload_after_a_good_one_names_the_problem_not_the_file(counted, tmp_path):
+    handlers = AnalyzeHandlers(counted[0])
+    case = handlers.analyze(str(lung5_images()[0]), 0.45, "jet")[4]
+    broken = tmp_path / "Doe_Jane_MRN-7731.png"
+    broken.write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(300))
+    with pytest.raises(gr.Error) as err:
+        handlers.analyze(str(broken), 0.45, "jet", case)
+    assert str(err.value.message).startswith("upload.png: ")
+    assert "Doe" not in err.value.message and "MRN" not in err.value.message

@@ -75,12 +75,17 @@ def score_folders(
     """(logits, labels, sources, unreadable) of ``DIR/split`` for every ``data`` folder.
 
     The same records (``training.sources.scan_folders``), decoding and ``Predictor`` path as
-    ``training.evaluate``, so the checkpoint's own preprocessing applies.
+    ``training.evaluate``, so the checkpoint's own preprocessing applies. Label sets
+    ("Pneumonia", cause unknown) are left out: a temperature and a conformal threshold need
+    one true class per image.
     """
     try:
-        records = scan_folders(data, split, all_classes=False)
+        found = scan_folders(data, split, all_classes=False)
     except OSError as err:  # a missing folder, or a file given as one
         raise ValueError(str(err)) from None
+    records = [r for r in found if not r.is_set]
+    if not records:
+        raise NoImages(f"{list(map(str, data))} hold only label-set images (e.g. Pneumonia)")
     by_path = {record.path: record for record in records}
     failed: list[tuple[Path, str]] = []
     logits: list[np.ndarray] = []

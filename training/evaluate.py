@@ -13,10 +13,15 @@ border blanked and histogram-equalised, per source and class. With a conformal s
 the checkpoint (``python -m training.calibrate``), ``conformal`` holds the empirical coverage
 and mean set size overall, per class and per source; ``coverage_vs_alpha.png`` (and
 ``conformal_curve``) plots coverage and set size against α, fitted on random halves of the
-evaluated images (docs/UNCERTAINTY.md).
-border blanked and histogram-equalised, per source and class. With the lung segmenter loaded,
-the ``lung_share`` section (``training.lung_share``) says how much of the predicted class's
-heatmap lies on the lung fields, per class and per source (plot: ``lung_share.png``).
+evaluated images (docs/UNCERTAINTY.md). With the lung segmenter loaded, the ``lung_share``
+section (``training.lung_share``) says how much of the predicted class's heatmap lies on the
+lung fields, per class and per source (plot: ``lung_share.png``).
+
+All of the above scores the images with one true class. A ``Pneumonia`` class folder (e.g.
+``../shared/data/adult-extra``) is the label set {Bacterial, Viral Pneumonia}: its images are
+scored apart in ``label_sets`` — right when the top class is in the set, the probability
+summed over the set, what they are called — overall, per view (the manifest's ``view``) and
+per source.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ import argparse
 import json
 import logging
 import sys
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -53,9 +59,9 @@ from training.conformal import (
     format_report,
     save_coverage_plot,
 )
-from training.data import ImageRecord
+from training.data import ImageRecord, allowed_mask
 from training.lung_share import format_lung_share, lung_share_section, save_lung_share_plot
-from training.metrics import binary_auroc, classification_metrics
+from training.metrics import binary_auroc, classification_metrics, label_set_metrics
 from training.sources import scan_folders
 
 log = logging.getLogger("lungcam.evaluate")
@@ -78,11 +84,14 @@ def predict_logits(
 def evaluate(
     predictor: Predictor, records: list[ImageRecord], *, audit: bool = True
 ) -> tuple[dict[str, Any], np.ndarray, np.ndarray]:
-    """metrics.json content, plus labels and calibrated probabilities for the plots.
+    """metrics.json content, plus labels and calibrated probabilities of the single-label
+    images for the plots.
 
     With ``audit``, every image is also scored under the shortcut audit's edits (same
     ``Predictor`` path, one decode per file) and the result has an ``audit`` section. With a
-    lung segmenter, it has a ``lung_share`` section.
+    lung segmenter, it has a ``lung_share`` section. Those and every per-class figure use the
+    single-label images; label-set images (``Pneumonia``) make the ``label_sets`` section.
+    Without any single-label image, ``calibrated``, ``accuracy`` and the like are ``None``.
     """
     names = predictor.config.label_names
     variants = VARIANTS if audit else {"clean": VARIANTS["clean"]}
@@ -90,14 +99,27 @@ def evaluate(
     all_logits, kept, failed = predict_variants(predictor, records, variants, lungs=lungs)
     if not kept:
         raise NothingToScore(f"none of the {len(records)} images could be read, e.g. {failed[0]}")
-    logits = all_logits["clean"]
-    labels = np.array([r.label for r in kept], dtype=np.int64)
     temperature = predictor.config.temperature
-    calibrated = softmax(logits, temperature)
     result: dict[str, Any] = {
         "model": predictor.description,
         "temperature": temperature,
         "unreadable": failed,
+    }
+    single = np.array([not r.is_set for r in kept])
+    if not single.all():
+        sets = [r for r, one in zip(kept, single, strict=True) if not one]
+        set_probabilities = softmax(all_logits["clean"][~single], temperature)
+        result["label_sets"] = label_set_section(sets, set_probabilities, names)
+    kept = [r for r, one in zip(kept, single, strict=True) if one]
+    lungs = [share for share, one in zip(lungs, single, strict=True) if one]
+    all_logits = {name: z[single] for name, z in all_logits.items()}
+    if not kept:
+        none = dict.fromkeys(("uncalibrated", "calibrated", "accuracy", "macro_f1", "macro_auroc"))
+        return result | none, np.zeros(0, np.int64), np.zeros((0, len(names)))
+    logits = all_logits["clean"]
+    labels = np.array([r.label for r in kept], dtype=np.int64)
+    calibrated = softmax(logits, temperature)
+    result |= {
         "uncalibrated": classification_metrics(labels, softmax(logits), names),
         "calibrated": classification_metrics(labels, calibrated, names),
     }
@@ -133,6 +155,52 @@ def evaluate(
         predicted = logits.argmax(axis=1)
         result["lung_share"] = lung_share_section(lungs, kept, predicted, names, segmenter)
     return result, labels, calibrated
+
+
+def label_set_section(
+    records: Sequence[ImageRecord], probabilities: np.ndarray, label_names: list[str]
+) -> dict[str, Any]:
+    """The ``label_sets`` section: ``label_set_metrics`` of the label-set images (calibrated
+    probabilities) overall, per view (the manifest's ``view``; "unknown" when not given) and
+    per source, with how many images carry each set."""
+    allowed = allowed_mask(list(records), len(label_names))
+    views = np.array([r.view or "unknown" for r in records])
+    sources = np.array([r.source or "unknown" for r in records])
+
+    def per(groups: np.ndarray) -> dict[str, dict[str, Any]]:
+        return {
+            group: label_set_metrics(
+                allowed[groups == group], probabilities[groups == group], label_names
+            )
+            for group in sorted(set(groups.tolist()))
+        }
+
+    sets = Counter(" or ".join(label_names[k] for k in r.allowed) for r in records)
+    return {
+        "description": "images labelled with a set of classes (a Pneumonia folder: either "
+        "pneumonia class); right when the top class is in the set; set_probability: the "
+        "calibrated probabilities summed over the set",
+        "sets": dict(sorted(sets.items())),
+        **label_set_metrics(allowed, probabilities, label_names),
+        "per_view": per(views),
+        "per_source": per(sources),
+    }
+
+
+def format_label_sets(section: dict[str, Any]) -> str:
+    """One line: n, accuracy and mean set probability overall, accuracy per view, and the
+    classes they are called (shares of 5 % and more)."""
+    views = ", ".join(
+        f"{v} {b['accuracy']:.2f} (n={b['n']})" for v, b in section["per_view"].items()
+    )
+    called = ", ".join(
+        f"{name} {share:.0%}" for name, share in section["called"].items() if share >= 0.05
+    )
+    return (
+        f"Label sets ({', '.join(section['sets'])}): n={section['n']}, top class in the set "
+        f"{section['accuracy']:.3f}, mean p(set) {section['set_probability']:.3f}; "
+        f"per view {views}; called {called}"
+    )
 
 
 def conformal_results(
@@ -252,7 +320,8 @@ def main(argv: list[str] | None = None) -> None:
     result["data"] = [str(resolve_folder(d, args.split)) for d in args.data]
     (out / "metrics.json").write_text(json.dumps(result, indent=2) + "\n")
     names = predictor.config.label_names
-    save_plots(labels, probabilities, names, out)
+    if len(labels):
+        save_plots(labels, probabilities, names, out)
     if "audit" in result:
         save_audit_plots(result["audit"], names, out)
         print(format_audit(result["audit"], names))
@@ -261,6 +330,11 @@ def main(argv: list[str] | None = None) -> None:
         print(format_lung_share(result["lung_share"]))
     if "conformal_curve" in result:
         save_coverage_plot(result["conformal_curve"], result.get("conformal"), out)
+    if "label_sets" in result:
+        print(format_label_sets(result["label_sets"]))
+    if result["calibrated"] is None:
+        log.info("no single-label images: only label_sets; wrote %s", out / "metrics.json")
+        return
     print(format_report(result["conformal"]) if "conformal" in result else NO_SETS)
     log.info(
         "accuracy %.3f, macro-F1 %s, macro AUROC %s, ECE %.3f → %.3f; wrote %s",

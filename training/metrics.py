@@ -91,5 +91,24 @@ def binary_auroc(
     return float(roc_auc_score(labels[keep] == positive, score))
 
 
+def label_set_metrics(
+    allowed: np.ndarray, probabilities: np.ndarray, label_names: list[str]
+) -> dict[str, Any]:
+    """Scores of images labelled with a *set* of classes, e.g. "Pneumonia" of unknown cause
+    (either pneumonia class is right), for (N, K) bool ``allowed`` and (N, K) probabilities:
+    ``accuracy`` counts an image right when its top class is in its set, ``set_probability``
+    is the mean of the probabilities summed over the set, ``called`` the share of images
+    whose top class is each class."""
+    if not len(allowed):
+        raise ValueError("no label-set images to score")
+    predicted = probabilities.argmax(axis=1)
+    return {
+        "n": len(allowed),
+        "accuracy": float(allowed[np.arange(len(allowed)), predicted].mean()),
+        "set_probability": float(np.where(allowed, probabilities, 0.0).sum(axis=1).mean()),
+        "called": {name: float((predicted == k).mean()) for k, name in enumerate(label_names)},
+    }
+
+
 def _nan_to_none(value: float) -> float | None:
     return None if np.isnan(value) else float(value)

@@ -49,9 +49,11 @@ def load_folders(data_dirs: Sequence[str | Path], seed: int = 0) -> dict[str, li
     """``load_splits`` of every folder, merged split by split.
 
     Class folders merge by name (``NORMAL`` in one folder and ``Normal`` in another are the
-    same class). Each record's source comes from its folder's ``manifest.csv``; a folder
-    without one is a single source named after the folder. A folder without ``val/`` gets a
-    seeded, patient-grouped val split of its own train images, as with one folder.
+    same class); a ``Pneumonia`` folder is the label set of both pneumonia classes
+    (``ImageRecord.allowed``), balanced as a source of Bacterial Pneumonia. Each record's
+    source comes from its folder's ``manifest.csv``; a folder without one is a single source
+    named after the folder. A folder without ``val/`` gets a seeded, patient-grouped val split
+    of its own train images, as with one folder.
     """
     if not data_dirs:
         raise ValueError("no data folders given; pass at least one --data DIR")
@@ -63,7 +65,8 @@ def load_folders(data_dirs: Sequence[str | Path], seed: int = 0) -> dict[str, li
         splits = load_splits(root, seed=seed, all_classes=False)
         for split, records in splits.items():
             merged.setdefault(split, []).extend(with_source(records, root.resolve().name))
-    present = {r.label for r in merged.get("train", [])}
+    # A label set ("Pneumonia", cause unknown) is no example of either of its classes.
+    present = {r.label for r in merged.get("train", []) if not r.is_set}
     missing = [name for i, name in enumerate(CLASS_FOLDERS) if i not in present]
     if missing:
         folders = ", ".join(str(d) for d in data_dirs)

@@ -13,6 +13,10 @@ sampler then does all the balancing and the loss is unweighted; only ``--balance
 (uniform shuffle) weighs the loss by inverse class frequency — never both, or rare classes
 would be up-weighted twice.
 
+A label set (``Pneumonia`` of unknown cause, e.g. ``../shared/data/adult-extra``) is trained
+as a partial label, loss −log(p_bacterial + p_viral) (``SetCrossEntropy``), and is left out
+of the validation macro-F1 and the temperature fit, which need one true class.
+
 On several processes (CPU or one GPU each) the same command runs under ``torchrun``:
 
     torchrun --nproc_per_node 2 -m training.train --data ../shared/data/lung5 --out runs/ddp
@@ -50,6 +54,7 @@ from model.transforms import build_transform
 from training.calibrate import fit_temperature
 from training.data import XrayDataset, class_counts, subsample
 from training.distributed import Ranks, process_group
+from training.localization_loss import set_cross_entropy
 from training.sources import (
     BALANCE_MODES,
     Labelled,
@@ -179,6 +184,32 @@ def make_optimizer(
     return optimizer, scheduler
 
 
+class SetCrossEntropy(nn.Module):
+    """Cross-entropy against each image's admitted classes, −log Σ_{k ∈ allowed} p_k
+    (``training.localization_loss.set_cross_entropy``): plain cross-entropy for a one-class
+    label. With ``weight`` (``--balance loss``) an image weighs its first admitted class's
+    weight and the mean is weighted, as in ``nn.CrossEntropyLoss(weight=...)``."""
+
+    def __init__(self, weight: torch.Tensor | None = None) -> None:
+        super().__init__()
+        self.weight = weight
+
+    def forward(self, logits: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
+        if self.weight is None:
+            return set_cross_entropy(logits, allowed)
+        labels = allowed.int().argmax(dim=1)  # the first admitted class
+        weights = self.weight[labels]
+        groups = [labels == k for k in labels.unique()]  # one weight each: weight × group mean
+        per_group = [weights[g].sum() * set_cross_entropy(logits[g], allowed[g]) for g in groups]
+        return torch.stack(per_group).sum() / weights.sum()
+
+
+def single_labels(allowed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(labels, keep) from (N, K) admitted-class masks: the first admitted class of each row,
+    and which rows admit exactly one class (those a macro-F1 or a temperature can use)."""
+    return allowed.argmax(axis=1), allowed.sum(axis=1) == 1
+
+
 def train_one_epoch(
     model: nn.Module,
     loader: DataLoader,
@@ -190,23 +221,27 @@ def train_one_epoch(
     amp: bool,
     progress: bool = True,
 ) -> float:
-    """One pass over ``loader``; the mean training loss. ``model`` may be DDP-wrapped
-    (``Ranks.wrap``), which averages the gradients over ranks in ``backward``."""
+    """One pass over ``loader``; the mean training loss of ``loss_fn(logits, targets)``
+    (targets as the loader yields them: ``XrayDataset``'s admitted-class masks for
+    ``SetCrossEntropy``). ``model`` may be DDP-wrapped (``Ranks.wrap``), which averages the
+    gradients over ranks in ``backward``."""
     set_train_mode(model)
     total, seen = 0.0, 0
-    for images, labels in tqdm(loader, desc=stage, leave=False, disable=None if progress else True):
+    for images, targets in tqdm(
+        loader, desc=stage, leave=False, disable=None if progress else True
+    ):
         images = images.to(device, non_blocking=True)
-        labels = labels.to(device, non_blocking=True)
+        targets = targets.to(device, non_blocking=True)
         if device.type == "cuda":
             images = images.contiguous(memory_format=torch.channels_last)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-            loss = loss_fn(model(images).float(), labels)
+            loss = loss_fn(model(images).float(), targets)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         scheduler.step()
-        total += loss.item() * len(labels)
-        seen += len(labels)
+        total += loss.item() * len(targets)
+        seen += len(targets)
     return total / max(seen, 1)
 
 
@@ -214,6 +249,7 @@ def train_one_epoch(
 def collect_logits(
     model: nn.Module, loader: DataLoader, device: torch.device, amp: bool
 ) -> tuple[np.ndarray, np.ndarray]:
+    """(logits, targets) over ``loader``; ``XrayDataset``'s targets are admitted-class masks."""
     model.eval()
     outputs, targets = [], []
     for images, labels in loader:
@@ -314,8 +350,11 @@ def _train(args: argparse.Namespace, ranks: Ranks) -> Path:
         threads,
         framing,
         args.crop_jitter if framing else 0.0,
+        config.num_classes,
     )
-    val_set = XrayDataset(splits["val"], build_transform(config), threads, framing)
+    val_set = XrayDataset(
+        splits["val"], build_transform(config), threads, framing, num_classes=config.num_classes
+    )
     loader_kw = dict(
         num_workers=args.workers,
         pin_memory=device.type == "cuda",
@@ -329,10 +368,8 @@ def _train(args: argparse.Namespace, ranks: Ranks) -> Path:
         "train cells (class / source: images): %s",
         describe_cells(train_set.records, config.label_names),
     )
-    loss_fn = nn.CrossEntropyLoss(
-        weight=torch.tensor(weights, dtype=torch.float32, device=device)
-        if weights is not None
-        else None
+    loss_fn = SetCrossEntropy(
+        torch.tensor(weights, dtype=torch.float32, device=device) if weights is not None else None
     )
     log.info(
         "train %s, val %d images, skipped %d unreadable; %d process(es)",
@@ -379,8 +416,10 @@ def _train(args: argparse.Namespace, ranks: Ranks) -> Path:
             loss = ranks.average(loss)
             state.update(stage=stage_index, epoch=epoch + 1)
             if ranks.main:
-                logits, labels = collect_logits(model, val_loader, device, amp)
-                macro_f1 = float(f1_score(labels, logits.argmax(1), average="macro"))
+                logits, allowed = collect_logits(model, val_loader, device, amp)
+                labels, single = single_labels(allowed)
+                predicted = logits.argmax(1)
+                macro_f1 = float(f1_score(labels[single], predicted[single], average="macro"))
                 improved = macro_f1 > state["best_f1"]
                 if improved:
                     state["best_f1"], state["stale"] = macro_f1, 0
@@ -392,10 +431,13 @@ def _train(args: argparse.Namespace, ranks: Ranks) -> Path:
                     "epoch": epoch + 1,
                     "train_loss": round(loss, 5),
                     "val_macro_f1": round(macro_f1, 5),
-                    "val_accuracy": round(float((logits.argmax(1) == labels).mean()), 5),
+                    "val_accuracy": round(float((predicted == labels)[single].mean()), 5),
                     "lr": scheduler.get_last_lr()[0],
                     "minutes": round((time.monotonic() - started) / 60, 2),
                 }
+                if not single.all():  # label sets: right when the top class is admitted
+                    hit = allowed[np.arange(len(predicted)), predicted][~single]
+                    record["val_set_accuracy"] = round(float(hit.mean()), 5)
                 with open(out / "metrics.jsonl", "a") as fh:
                     fh.write(json.dumps(record) + "\n")
                 log.info("%s", record)
@@ -434,10 +476,13 @@ def finalize(
     args: argparse.Namespace,
     processes: int = 1,
 ) -> Path:
-    """Fit the temperature on validation logits of the best weights and re-save them;
-    ``summary.json`` records the command (``torchrun`` when ``processes`` > 1)."""
+    """Fit the temperature on validation logits of the best weights (single-label images)
+    and re-save them; ``summary.json`` records the command (``torchrun`` when ``processes``
+    > 1)."""
     model, config = load_checkpoint(best, device)
-    logits, labels = collect_logits(model, val_loader, device, amp=False)
+    logits, allowed = collect_logits(model, val_loader, device, amp=False)
+    labels, single = single_labels(allowed)
+    logits, labels = logits[single], labels[single]
     config.temperature = fit_temperature(logits, labels)
     config.trained = True
     config.version = args.version or f"lung5-{time.strftime('%Y%m%d')}-{config.image_size[0]}px"

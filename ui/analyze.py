@@ -21,15 +21,16 @@ from model.prediction import Prediction
 from serving.model_process import ModelUnavailable
 from serving.runtime import data_dir
 from ui.common import Case, describe_input, draw, label_value, shown_pixels
+from ui.files import UPLOADS
 
 
 def analyze_upload(predict: Callable[[LoadedImage], Prediction], path: str | None) -> Case:
-    """Decode the upload at ``path`` once and predict once; a bad file, or a model process that
-    stopped on it, becomes ``gr.Error``."""
+    """Decode the upload at ``path`` once (then it is deleted: ``ui.files``) and predict once;
+    a bad file, or a model process that stopped on it, becomes ``gr.Error``."""
     if path is None:
         raise gr.Error("Upload a chest X-ray (PNG, JPEG or DICOM) first.")
     try:
-        return Case(path, predict(load_image(path)))
+        return Case(path, predict(UPLOADS.take(path, load_image)))
     except (ImageInputError, ModelUnavailable) as err:
         raise gr.Error(str(err)) from err
 
@@ -133,9 +134,9 @@ class AnalyzeHandlers:
         return picked
 
     @staticmethod
-    def cleared() -> tuple[None, None, None, str, None]:
-        """What the Analyze outputs show after an error: nothing of the previous case."""
-        return None, None, None, "", None
+    def cleared(count: int) -> tuple[None, ...]:
+        """What ``count`` outputs of the last case show after a failed analysis: nothing."""
+        return (None,) * count
 
     @staticmethod
     def redraw(

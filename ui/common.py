@@ -36,7 +36,7 @@ class Case:
 
     ``path`` is the upload's path in Gradio's cache, whose folder is named after the file's
     hash: the same path means the same bytes, so a later action on it needs no new decode
-    and no new prediction.
+    and no new prediction (the file itself is deleted once read: ``ui.files``).
     """
 
     path: str | None
@@ -46,6 +46,15 @@ class Case:
     def of(self, path: str | None) -> bool:
         """Whether this case is the analysis of the upload at ``path``."""
         return path is not None and path == self.path
+
+
+def owner_of(request: gr.Request | None) -> str:
+    """Whom the files made for ``request`` belong to (``serving.access.OwnerFolders``): the
+    login, else the browser session."""
+    username = getattr(request, "username", None)
+    if username:
+        return f"user:{username}"
+    return f"session:{getattr(request, 'session_hash', None) or ''}"
 
 
 def shown_pixels(image: LoadedImage, max_side: int | None = DISPLAY_SIDE) -> np.ndarray:

@@ -3,6 +3,7 @@ how often reviewers agreed with the model (``review.agreement``)."""
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import gradio as gr
@@ -13,7 +14,8 @@ from PIL import Image
 from review.agreement import agreement_summary, summary_rows, write_summary_csv
 from review.report import write_case_report, write_reviews_csv
 from review.store import ROW_COLUMNS, Review, ReviewStore
-from ui.common import DISCLAIMER
+from serving.access import OwnerFolders
+from ui.common import DISCLAIMER, owner_of
 
 TITLES: dict[str, str] = {
     "id": "#",
@@ -50,17 +52,28 @@ SHORT_COLUMNS = (
 class HistoryHandlers:
     """Read ``store`` through the History tab's three filters ("All" = no filter).
 
-    ``disabled`` says why reviews are off (an exposed server without a login): then the
-    table stays empty and exports and reopening are refused.
+    ``disabled`` says why reviews are off (an exposed server without a login): then no
+    handler reads the store (the tables stay empty; exports and reopening are refused). Every
+    file made is written into the requester's own folder of ``folders`` (default: under the
+    store's data folder).
     """
 
     def __init__(
-        self, store: ReviewStore, label_names: list[str] | None = None, disabled: str = ""
+        self,
+        store: ReviewStore,
+        label_names: list[str] | None = None,
+        disabled: str = "",
+        folders: OwnerFolders | None = None,
     ) -> None:
         self.store = store
         self.label_names = label_names or []
-        self.exports = store.data_dir / "exports"
+        self.folders = folders or OwnerFolders(store.data_dir / "gradio")
         self.disabled = disabled
+
+    def refuse_when_off(self) -> None:
+        """``gr.Error`` saying why, when reviews are switched off."""
+        if self.disabled:
+            raise gr.Error(self.disabled)
 
     def filtered(self, class_name: str, agreement: str, reviewer: str | None) -> list[Review]:
         return self.store.list(
@@ -81,21 +94,38 @@ class HistoryHandlers:
         rows = [r.as_row() for r in self.filtered(class_name, agreement, reviewer)]
         return pd.DataFrame([[row[c] for c in columns] for row in rows], columns=titles)
 
-    def export_csv(self, class_name: str, agreement: str, reviewer: str | None) -> str:
-        """The same rows as a CSV file (path) under the exports folder."""
-        if self.disabled:
-            raise gr.Error(self.disabled)
-        return str(write_reviews_csv(self.exports, self.filtered(class_name, agreement, reviewer)))
+    def export_csv(
+        self,
+        class_name: str,
+        agreement: str,
+        reviewer: str | None,
+        request: gr.Request | None = None,
+    ) -> str:
+        """The same rows as a CSV file (path) in the requester's own folder."""
+        self.refuse_when_off()
+        rows = self.filtered(class_name, agreement, reviewer)
+        return str(write_reviews_csv(self.folders.request_folder(owner_of(request)), rows))
 
     def agreement(self, class_name: str, agreement: str, reviewer: str | None) -> list[list]:
         """Agreement rows (overall, uncertain/certain/unknown, per predicted class) with Wilson
         95 % intervals, over the reviews the class and reviewer filters keep (the agreement
-        filter is ignored: it would make every rate 0 or 1)."""
+        filter is ignored: it would make every rate 0 or 1); none when reviews are off."""
+        if self.disabled:
+            return []
         return summary_rows(self._summary(class_name, reviewer))
 
-    def export_summary(self, class_name: str, agreement: str, reviewer: str | None) -> str:
-        """The agreement rows of the exported reviews as a CSV file (path) beside the rows."""
-        return str(write_summary_csv(self.exports, self._summary(class_name, reviewer)))
+    def export_summary(
+        self,
+        class_name: str,
+        agreement: str,
+        reviewer: str | None,
+        request: gr.Request | None = None,
+    ) -> str:
+        """The agreement rows of the exported reviews as a CSV file (path), in the
+        requester's own folder."""
+        self.refuse_when_off()
+        summary = self._summary(class_name, reviewer)
+        return str(write_summary_csv(self.folders.request_folder(owner_of(request)), summary))
 
     def _summary(self, class_name: str, reviewer: str | None) -> dict:
         reviews = self.filtered(class_name, "All", reviewer)
@@ -108,19 +138,23 @@ class HistoryHandlers:
         names = list(table.columns)
         return str(row[names.index(TITLES["review_id"])]) if TITLES["review_id"] in names else ""
 
-    def reopen(self, review_id: str | None) -> tuple[str, str | None]:
-        """A past case: its PDF (written again from the store when missing) and its image,
-        when it was stored (else None)."""
-        if self.disabled:
-            raise gr.Error(self.disabled)
+    def reopen(
+        self, review_id: str | None, request: gr.Request | None = None
+    ) -> tuple[str, str | None]:
+        """A past case: its PDF, made from the store, and its image when it was stored (else
+        None), both copied into the requester's own folder. The heatmap is not stored, so
+        the PDF shows the stored image alone."""
+        self.refuse_when_off()
         review = self.store.get((review_id or "").strip())
         if review is None:
             raise gr.Error(f"No review with id {review_id!r}: click a row of the table first.")
-        image = self.store.image_file(review)
-        pdf = self.exports / f"review-{review.review_id}.pdf"
-        if not pdf.is_file():
-            pixels = None if image is None else _gray(image)
-            write_case_report(pdf, review, pixels, None, DISCLAIMER)
+        folder = self.folders.request_folder(owner_of(request))
+        stored = self.store.image_file(review)
+        image = None if stored is None else Path(shutil.copyfile(stored, folder / stored.name))
+        pixels = None if image is None else _gray(image)
+        pdf = write_case_report(
+            folder / f"review-{review.review_id}.pdf", review, pixels, None, DISCLAIMER
+        )
         return str(pdf), None if image is None else str(image)
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import gradio as gr
@@ -14,13 +13,15 @@ from model.config import ModelConfig
 from model.ood import headline, input_warnings
 from model.prediction import Prediction
 from review.report import write_case_report
-from review.store import Review, ReviewStore, draft_from_prediction
+from review.store import Review, ReviewStore, draft_from_prediction, pixels_sha256
+from serving.access import OwnerFolders
 from ui.analyze import analyze_upload
-from ui.common import DISCLAIMER, Case, draw
+from ui.common import DISCLAIMER, Case, draw, owner_of
 
 
 class ReviewHandlers:
-    """Save reviews of the analysed case to ``store``; reports go to ``store``'s exports."""
+    """Save reviews of the analysed case to ``store``; each report is written into the
+    requester's own folder of ``folders`` (default: under the store's data folder)."""
 
     def __init__(
         self,
@@ -28,13 +29,14 @@ class ReviewHandlers:
         model_config: Callable[[], ModelConfig],
         store: ReviewStore,
         disabled: str = "",
+        folders: OwnerFolders | None = None,
     ) -> None:
         self.predict = predict
         # Read at each save: the served weights' config (sha256 of the file as loaded), which
         # the model's process may still be loading when the screen is built.
         self.model_config = model_config
         self.store = store
-        self.exports = store.data_dir / "exports"
+        self.folders = folders or OwnerFolders(store.data_dir / "gradio")
         self.disabled = disabled  # why reviews are off ("" = on)
 
     def reviewed_case(self, path: str | None, cached: Case | None) -> Case:
@@ -61,9 +63,10 @@ class ReviewHandlers:
         store_image: bool,
         review_id: str | None,
         cached: Case | None,
-        request: gr.Request,
-    ) -> tuple[str, tuple[Review, Prediction]]:
-        """Validate and store one review; returns a status line and (review, prediction).
+        request: gr.Request | None = None,
+    ) -> tuple[str, Any]:
+        """Validate and store one review; returns a status line and (review, prediction),
+        what the PDF button prints.
 
         One review per case: without a ``review_id`` the case's own id is used, so saving
         the same case twice never stores two reviews (the second save is refused).
@@ -90,12 +93,29 @@ class ReviewHandlers:
         except ValueError as err:
             raise gr.Error(str(err)) from err
         if not created:
-            return (
-                f"Already saved: review `{saved.review_id}` by {saved.reviewer} (one review per "
-                "case; this save changed nothing). Analyse another image for a new review.",
-                (saved, prediction),
-            )
+            return self.already_saved(saved, prediction, request)
         return f"Saved: review `{saved.review_id}` by {saved.reviewer}.", (saved, prediction)
+
+    @staticmethod
+    def already_saved(
+        saved: Review, prediction: Prediction, request: gr.Request | None
+    ) -> tuple[str, Any]:
+        """A save of a stored review id: nothing changes. With a login, another reviewer's id
+        is refused; the session may print the review only when it is of the image sent."""
+        username = getattr(request, "username", None)
+        if username and saved.reviewer != username:
+            raise gr.Error(
+                f"Review id `{saved.review_id}` belongs to another reviewer's case: this save "
+                "changed nothing. Leave the review id empty for a review of your own."
+            )
+        status = (
+            f"Already saved: review `{saved.review_id}` by {saved.reviewer} (one review per "
+            "case; this save changed nothing). Analyse another image for a new review."
+        )
+        if pixels_sha256(prediction.image.pixels) != saved.image_sha256:
+            other_image = " It is of another image: no report of it is made from this one."
+            return status + other_image, gr.skip()
+        return status, (saved, prediction)
 
     @staticmethod
     def new_case(case: Case | None, form_case: str | None) -> tuple[Any, ...]:
@@ -115,16 +135,23 @@ class ReviewHandlers:
         opacity: float,
         colormap: str,
         outline: bool = False,
+        request: gr.Request | None = None,
     ) -> str:
         """The saved review's one-page PDF (path), with the overlay as reviewed (``outline``:
-        the lung fields drawn) and the heatmaps' share on the lungs."""
+        the lung fields drawn) and the heatmaps' share on the lungs.
+
+        Made from the stored review, over the session's image only when that is the image
+        reviewed (same pixel sha256), and written into the requester's own folder.
+        """
         if self.disabled:
             raise gr.Error(self.disabled)
         if last is None:
             raise gr.Error("Save the review first: the report includes it.")
-        review, prediction = last
+        prediction = last[1]
+        review = self.printable(last[0].review_id, prediction, request)
         drawn = draw(prediction, review.shown_class, opacity, colormap, outline)
-        path = Path(self.exports) / f"review-{review.review_id}.pdf"
+        folder = self.folders.request_folder(owner_of(request))
+        path = folder / f"review-{review.review_id}.pdf"
         image, check = prediction.image, prediction.ood
         warning, reasons = headline(image, check), input_warnings(image, check)
         lungs = lung_share.notes(prediction, mark="Warning: ")
@@ -133,3 +160,24 @@ class ReviewHandlers:
                 path, review, image.pixels, drawn, DISCLAIMER, warning, reasons, colormap, lungs
             )
         )
+
+    def printable(
+        self, review_id: str, prediction: Prediction, request: gr.Request | None
+    ) -> Review:
+        """The stored review ``review_id``, when ``request``'s caller may print it over
+        ``prediction``: their own (with a login) and of the same pixels."""
+        review = self.store.get(review_id)
+        if review is None:
+            raise gr.Error(f"No review with id {review_id!r} is stored: save it first.")
+        username = getattr(request, "username", None)
+        if username and review.reviewer != username:
+            raise gr.Error(
+                f"Review `{review_id}` is {review.reviewer}'s: only they can make its report "
+                "here (anyone logged in can reopen it from History)."
+            )
+        if pixels_sha256(prediction.image.pixels) != review.image_sha256:
+            raise gr.Error(
+                f"The image analysed here is not the one reviewed in `{review_id}`: a report "
+                "never puts a review on another image. Reopen the case from History."
+            )
+        return review
