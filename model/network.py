@@ -47,7 +47,8 @@ def create_network(config: ModelConfig, pretrained: bool = False) -> nn.Module:
 def keep_last_block_resolution(model: nn.Module) -> None:
     """Output stride 16: the last transition keeps its norm and 1×1 conv but not its 2×2
     average pool, so the last dense block (and its Grad-CAM) sees 14×14 at 224 px instead
-    of 7×7. No parameter changes; the last block costs 4× its FLOPs (about +25 % in all)."""
+    of 7×7. No parameter changes; the last block costs 4× its FLOPs (by count, about +25 %
+    in all)."""
     transition = model.features.transition3
     if not isinstance(transition.pool, nn.AvgPool2d):
         raise ValueError(f"{type(model).__name__} has no average-pooling last transition")

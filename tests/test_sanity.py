@@ -62,23 +62,10 @@ def images(trained):
     return loaded, batch
 
 
-# EigenCAM follows the activations, not the class gradient; with the lung-crop model
-# (lungcrop-20261126-224px) its maps on randomised weights keep a mean |rho| of 0.55 with the
-# trained ones (measured 2026-11-26): it fails this sanity check, and docs/EXPLAINABILITY.md
-# says so. strict: the test fails if EigenCAM starts passing, so the note cannot go stale.
-EIGENCAM_FAILS = pytest.mark.xfail(
-    strict=True, reason="EigenCAM fails the model-randomisation check for the lung-crop model"
-)
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize(
     "method",
-    [
-        pytest.param(m, marks=EIGENCAM_FAILS) if m == "EigenCAM" else m
-        for m in METHODS
-        if m != "Score-CAM"
-    ],
+    [m for m in METHODS if m != "Score-CAM"],
 )
 def test_maps_change_when_the_weights_are_randomised(method, trained, images):
     loaded, batch = images

@@ -156,3 +156,26 @@ def test_guided_training_saves_a_checkpoint_the_predictor_loads(cache, tmp_path)
         json.loads(line)["epoch"] for line in (out / "metrics.jsonl").read_text().splitlines()
     ]
     assert epochs == [1, 2]
+
+
+def test_a_frozen_prefix_trains_only_the_end_and_is_computed_once(cache, small_model, tmp_path):
+    """The CPU recipe: from a checkpoint, dense layers N… of the last block, norm5 and the head
+    are trained on the frozen layers' cached output; a second run reads that cache back."""
+    saved = tmp_path / "prefix.pt"
+    args = ["--cache", str(cache), "--device", "cpu", "--init-from", str(small_model),
+            "--output-stride", "32", "--train-from", "31", "--prefix-cache", str(saved),
+            "--epochs", "1", "--batch-size", "4", "--samples-per-epoch", "8"]  # fmt: skip
+    train_guided.main([*args, "--out", str(tmp_path / "one")])
+    first = torch.load(saved, weights_only=True)
+    assert first["prefix"].shape[0] == len(first["films"]) == 20
+    stamp = saved.stat().st_mtime_ns
+    train_guided.main([*args, "--out", str(tmp_path / "two")])
+    assert saved.stat().st_mtime_ns == stamp  # nothing left to compute: not rewritten
+    before, _ = load_checkpoint(small_model)
+    after, config = load_checkpoint(tmp_path / "two" / "best")
+    assert config.target_layer == "features.norm5" and config.output_stride == 32
+    frozen = "features.denseblock4.denselayer30.conv2.weight"
+    trained = "features.denseblock4.denselayer31.conv2.weight"
+    state_before, state_after = before.state_dict(), after.state_dict()
+    torch.testing.assert_close(state_after[frozen], state_before[frozen].half().float())
+    assert not torch.allclose(state_after[trained], state_before[trained].half().float())

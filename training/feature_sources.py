@@ -56,21 +56,19 @@ class CachedFilms:
         self.preprocessing = json.loads(str(arrays["preprocessing"]))
         self.index = np.arange(len(self.split))  # each kept film's row in the cache file
 
-    def keep_at_most(self, per_cell: int, seed: int = 0) -> None:
-        """Keep every film with lesions and at most ``per_cell`` others of each class × source
-        cell in train (half that in val), so small sources (adult normals, hospital COVID-19)
-        stay whole; then re-balance the train draws over what is kept (class × source, as
-        ``training.sources``): a short CPU run on a representative part."""
+    def keep_at_most(self, per_class: int, seed: int = 0) -> None:
+        """Keep every film with lesions and at most ``per_class`` others of each class in
+        train (half that in val), then re-balance the train draws over what is kept (class ×
+        source, as ``training.sources``): a short CPU run on a representative part."""
         from training.sources import balance_weights
 
         rng = np.random.default_rng(seed)
         label = self.allowed.float().argmax(1).cpu().numpy()
         lesion = self.has_lesion.cpu().numpy()
         kept = [np.flatnonzero(lesion)]
-        for split, limit in (("train", per_cell), ("val", per_cell // 2)):
-            for k, source in sorted(set(zip(label.tolist(), self.source.tolist(), strict=True))):
-                cell = (self.split == split) & (label == k) & (self.source == source)
-                pool = np.flatnonzero(cell & ~lesion)
+        for split, limit in (("train", per_class), ("val", per_class // 2)):
+            for k in np.unique(label):
+                pool = np.flatnonzero((self.split == split) & (label == k) & ~lesion)
                 kept.append(rng.choice(pool, min(limit, len(pool)), replace=False))
         index = np.sort(np.concatenate(kept))
         self.index = self.index[index]

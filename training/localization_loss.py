@@ -9,6 +9,8 @@ GAIN, Li et al., CVPR 2018).
 
 The term is the mass of the map's spatial softmax inside a region. It cannot be met by
 silencing the map (a softmax always sums to 1), which a ratio on the ReLU map can.
+``pointing_hits`` and ``energy_inside`` are the pointing game and the energy share of
+``training.localize`` on the network's input frame, which the trainer reports every epoch.
 """
 
 from __future__ import annotations
@@ -70,3 +72,18 @@ def set_cross_entropy(logits: torch.Tensor, allowed: torch.Tensor) -> torch.Tens
 def target_class(logits: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
     """The class whose map is trained: the admitted class with the highest logit."""
     return logits.detach().masked_fill(~allowed, float("-inf")).argmax(dim=1)
+
+
+def pointing_hits(maps: torch.Tensor, lesions: torch.Tensor) -> torch.Tensor:
+    """Whether each map's peak (bilinear, at the lesion masks' size) lies in its lesion."""
+    size = lesions.shape[-2:]
+    heat = F.interpolate(maps[:, None].float(), size=size, mode="bilinear", align_corners=False)
+    peak = heat.flatten(1).argmax(1)
+    return lesions.flatten(1).gather(1, peak[:, None])[:, 0] > 0.5
+
+
+def energy_inside(maps: torch.Tensor, lesions: torch.Tensor) -> torch.Tensor:
+    """Each map's normalised energy share inside its lesion, at the lesion masks' size."""
+    size = lesions.shape[-2:]
+    heat = F.interpolate(maps[:, None].float(), size=size, mode="bilinear", align_corners=False)
+    return 1 - outside_energy_loss(heat[:, 0], lesions)

@@ -33,7 +33,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from sklearn.metrics import f1_score
 from torch import nn
 
@@ -43,8 +42,10 @@ from model.network import create_network, keep_last_block_resolution
 from training.feature_sources import CachedFilms, FrozenPrefix, WholeNetwork
 from training.localization_loss import (
     class_maps,
+    energy_inside,
     outside_energy_loss,
     outside_mass_loss,
+    pointing_hits,
     set_cross_entropy,
     target_class,
 )
@@ -58,19 +59,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add = parser.add_argument
     add("--cache", required=True, help="a .npz written by training.crop_cache")
     add("--out", required=True, help="output folder: best/, last.pt, metrics.jsonl")
-    add(
-        "--epochs",
-        type=int,
-        default=40,
-        help="epochs (the schedule's length without --max-minutes)",
-    )
+    add("--epochs", type=int, default=40, help="the schedule's length without --max-minutes")
     add("--max-minutes", type=float, default=0, help="train this long, schedule included (0: off)")
-    add(
-        "--samples-per-epoch",
-        type=int,
-        default=0,
-        help="draws per epoch (0: the train split's size)",
-    )
+    add("--samples-per-epoch", type=int, default=0, help="draws per epoch (0: train size)")
     add("--batch-size", type=int, default=96)
     add("--lr", type=float, default=1e-3)
     add("--lr-final", type=float, default=1e-5)
@@ -78,12 +69,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("--weight-decay", type=float, default=0.05)
     add("--box-weight", type=float, default=1.0, help="weight of the lesion term (0: off)")
     add("--lung-weight", type=float, default=0.25, help="weight of the lung-field term (0: off)")
-    add(
-        "--energy-weight",
-        type=float,
-        default=0.0,
-        help="weight of the lesion term on the normalised map's energy share (0: off)",
-    )
+    add("--energy-weight", type=float, default=0.0, help="lesion term on the map's energy")
     add("--output-stride", type=int, default=16, choices=(16, 32))
     add("--init-from", default=None, help="start from this checkpoint (same preprocessing)")
     add(
@@ -93,12 +79,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="train dense layers N… of the last block, its norm and the head on a frozen "
         "prefix computed once (0: train everything on augmented films)",
     )
-    add(
-        "--max-per-class",
-        type=int,
-        default=0,
-        help="keep every lesion film and at most N others per class × source (val: N/2); 0: all",
-    )
+    add("--max-per-class", type=int, default=0, help="lesion films + N others a class (0: all)")
     add("--prefix-cache", default=None, help="file for the frozen prefix's output (reused)")
     add("--seed", type=int, default=0)
     add("--device", default=None, help="cuda or cpu (default: cuda when available)")
@@ -190,21 +171,6 @@ def validate(
             energy_inside(prior.expand_as(lesion_masks), lesion_masks).mean()
         ),
     }
-
-
-def pointing_hits(maps: torch.Tensor, lesions: torch.Tensor) -> torch.Tensor:
-    """Whether each map's peak (bilinear, at the lesion masks' size) lies in its lesion."""
-    size = lesions.shape[-2:]
-    heat = F.interpolate(maps[:, None].float(), size=size, mode="bilinear", align_corners=False)
-    peak = heat.flatten(1).argmax(1)
-    return lesions.flatten(1).gather(1, peak[:, None])[:, 0] > 0.5
-
-
-def energy_inside(maps: torch.Tensor, lesions: torch.Tensor) -> torch.Tensor:
-    """Each map's normalised energy share inside its lesion, at the lesion masks' size."""
-    size = lesions.shape[-2:]
-    heat = F.interpolate(maps[:, None].float(), size=size, mode="bilinear", align_corners=False)
-    return 1 - outside_energy_loss(heat[:, 0], lesions)
 
 
 def lesion_prior(films: CachedFilms) -> torch.Tensor:
