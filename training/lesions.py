@@ -18,6 +18,8 @@ from pathlib import Path
 import numpy as np
 
 from explain.localization import Box
+from model.config import CLASS_NAMES
+from training.data import PNEUMONIA_CLASSES as PNEUMONIA_INDICES
 
 BOXES_FILE = "boxes.csv"
 COLUMNS = (
@@ -36,7 +38,7 @@ COLUMNS = (
 SPLITS = ("train", "val", "test")
 LABEL_ALIASES = {"Corona Virus Disease": "COVID-19"}
 UNKNOWN_CAUSE = "Pneumonia"  # a pneumonia of unknown cause: the likelier of these two classes
-PNEUMONIA_CLASSES = ("Bacterial Pneumonia", "Viral Pneumonia")
+PNEUMONIA_CLASSES = tuple(CLASS_NAMES[k] for k in PNEUMONIA_INDICES)  # training.data's set, named
 
 
 class BoxesFileError(ValueError):
