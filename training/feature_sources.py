@@ -99,6 +99,7 @@ class WholeNetwork:
         self.memory_format = (
             torch.channels_last if films.films.device.type == "cuda" else torch.contiguous_format
         )
+        model.to(memory_format=self.memory_format)
 
     def parameters(self) -> list[nn.Parameter]:
         return list(self.model.parameters())

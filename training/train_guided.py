@@ -248,23 +248,19 @@ def train(args: argparse.Namespace) -> Path:
     prior = lesion_prior(films)
     started = time.monotonic() - state["elapsed"]
     amp = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
-    while True:
-        progress_by_epoch = state["epoch"] / args.epochs
-        elapsed = time.monotonic() - started
-        progress = elapsed / (args.max_minutes * 60) if args.max_minutes else progress_by_epoch
-        if progress >= 1:
-            break
+
+    def progress(step: int) -> float:
+        """How far through the schedule: by time with --max-minutes, else by step."""
+        if args.max_minutes:
+            return (time.monotonic() - started) / (args.max_minutes * 60)
+        return (state["epoch"] + step / steps_per_epoch) / args.epochs
+
+    while progress(0) < 1:
         source.train(True)
         totals: dict[str, torch.Tensor] = {}
         for step in range(steps_per_epoch):
-            elapsed = time.monotonic() - started
-            progress = (
-                elapsed / (args.max_minutes * 60)
-                if args.max_minutes
-                else (state["epoch"] + step / steps_per_epoch) / args.epochs
-            )
             for group in optimizer.param_groups:
-                group["lr"] = learning_rate(min(progress, 1.0), args)
+                group["lr"] = learning_rate(min(progress(step), 1.0), args)
             pick = train_index[torch.multinomial(weights, args.batch_size, replacement=True)]
             allowed = films.allowed[pick]
             disease = ~allowed[:, normal]
