@@ -73,8 +73,14 @@ def test_predict_notes_give_every_class_share_on_the_lungs_and_outline_is_option
     listed = notes.split("Heatmap on the lungs")[1]
     for c in label["confidences"]:
         assert f"{c['label']} " in listed and " %" in listed
-    outlined_path = client.predict(handle_file(str(real_image)), DEFAULT_OPACITY,
-                                   DEFAULT_COLORMAP, False, True, api_name="/predict")[1]
+    outlined_path = client.predict(
+        handle_file(str(real_image)),
+        DEFAULT_OPACITY,
+        DEFAULT_COLORMAP,
+        False,
+        True,
+        api_name="/predict",
+    )[1]
     plain = np.asarray(Image.open(plain_path)).astype(int)
     outlined = np.asarray(Image.open(outlined_path)).astype(int)
     changed = np.abs(outlined - plain).max(axis=2) > 60  # beyond JPEG noise

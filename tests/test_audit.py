@@ -22,9 +22,10 @@ def _ramp(height=10, width=10):
     return (np.arange(height * width) % 256).astype(np.uint8).reshape(height, width)
 
 
-@pytest.mark.parametrize(("shape", "rows", "cols"), [((10, 10), (1, 8), (1, 8)),
-                                                     ((20, 10), (3, 17), (1, 8)),
-                                                     ((100, 200), (15, 85), (30, 170))])
+@pytest.mark.parametrize(
+    ("shape", "rows", "cols"),
+    [((10, 10), (1, 8), (1, 8)), ((20, 10), (3, 17), (1, 8)), ((100, 200), (15, 85), (30, 170))],
+)
 def test_central_box_covers_70_percent_of_each_side(shape, rows, cols):
     r, c = central_box(shape)
     assert (r.start, r.stop, c.start, c.stop) == (*rows, *cols)
@@ -56,8 +57,10 @@ def test_border_and_centre_partition_the_image():
     border, centre = border_only(image), centre_only(image)
     keep_centre = centre != mean
     keep_border = border != mean
-    np.testing.assert_array_equal(np.where(keep_centre, centre, border)[keep_centre | keep_border],
-                                  image[keep_centre | keep_border])
+    np.testing.assert_array_equal(
+        np.where(keep_centre, centre, border)[keep_centre | keep_border],
+        image[keep_centre | keep_border],
+    )
 
 
 def test_equalised_spreads_two_levels_to_the_extremes():
@@ -77,7 +80,9 @@ def test_edits_reject_colour_or_float_arrays(edit):
 
 def test_breakdown_per_class_accuracy_auroc_and_calls():
     labels = np.array([0, 0, 1, 1])
-    probs = np.array([[.6, .3, .1], [.2, .7, .1], [.3, .6, .1], [.1, .8, .1]])  # 0 1 1 1
+    probs = np.array(
+        [[0.6, 0.3, 0.1], [0.2, 0.7, 0.1], [0.3, 0.6, 0.1], [0.1, 0.8, 0.1]]
+    )  # 0 1 1 1
     block = breakdown(labels, probs, NAMES)
     assert block["n"] == 4 and block["accuracy"] == 0.75
     # AUROC a: positives .6 .2 vs negatives .3 .1 → 3 of 4 pairs; b: .6 .8 vs .3 .7 → 3 of 4
@@ -89,14 +94,16 @@ def test_breakdown_per_class_accuracy_auroc_and_calls():
 
 
 def test_one_class_source_has_accuracy_but_no_auroc():
-    block = breakdown(np.array([2, 2]), np.array([[.5, .3, .2], [.1, .1, .8]]), NAMES)
+    block = breakdown(np.array([2, 2]), np.array([[0.5, 0.3, 0.2], [0.1, 0.1, 0.8]]), NAMES)
     assert block["classes"] == {"c": {"n": 2, "accuracy": 0.5, "auroc": None}}
     assert block["macro_auroc"] is None and block["called"]["a"] == 0.5
 
 
 def test_shortcut_audit_structure_and_report():
-    records = [ImageRecord(f"{i}.png", label, f"p{i}", source)
-               for i, (label, source) in enumerate([(0, "s1"), (1, "s1"), (2, "s2"), (2, "s2")])]
+    records = [
+        ImageRecord(f"{i}.png", label, f"p{i}", source)
+        for i, (label, source) in enumerate([(0, "s1"), (1, "s1"), (2, "s2"), (2, "s2")])
+    ]
     rng = np.random.default_rng(0)
     logits = {name: rng.normal(size=(4, 3)) for name in VARIANTS}
     audit = shortcut_audit(logits, records, NAMES, temperature=2.0)

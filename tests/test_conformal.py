@@ -125,7 +125,10 @@ def test_a_class_never_present_reports_nulls():
     fitted = ConformalConfig(threshold=0.5, n=2)
     report = coverage_report(probs, np.array([0, 1]), fitted, NAMES, ["x", "y"])
     assert report["per_class"]["e"] == {
-        "n": 0, "coverage": None, "mean_size": None, "uncertain_share": None
+        "n": 0,
+        "coverage": None,
+        "mean_size": None,
+        "uncertain_share": None,
     }
     assert report["per_class"]["a"]["coverage"] == 1.0 and report["per_source"]["y"]["n"] == 1
     assert "e: no images" in format_report(report)
@@ -209,8 +212,22 @@ def test_calibrate_cli_writes_a_loadable_checkpoint(tiny_checkpoint, tmp_path, c
             target.parent.mkdir(parents=True, exist_ok=True)
             target.write_bytes(path.read_bytes())
     out = tmp_path / "fitted"
-    calibrate_main(["--model", str(tiny_checkpoint), "--data", str(root), "--alpha", "0.2",
-                    "--check-split", "test", "--out", str(out), "--device", "cpu"])
+    calibrate_main(
+        [
+            "--model",
+            str(tiny_checkpoint),
+            "--data",
+            str(root),
+            "--alpha",
+            "0.2",
+            "--check-split",
+            "test",
+            "--out",
+            str(out),
+            "--device",
+            "cpu",
+        ]
+    )
     summary = json.loads((out / "calibration.json").read_text())
     section = summary["conformal"]
     assert section["alpha"] == 0.2 and section["n"] == 10 and section["split"] == "val of data"

@@ -47,8 +47,19 @@ def folders(tmp_path_factory):
 
 def _run(tmp_path, checkpoint, *data, extra=()):
     out = tmp_path / "out"
-    evaluate.main(["--model", str(checkpoint), "--data", *map(str, data), "--split", "test",
-                   "--out", str(out), *extra])
+    evaluate.main(
+        [
+            "--model",
+            str(checkpoint),
+            "--data",
+            *map(str, data),
+            "--split",
+            "test",
+            "--out",
+            str(out),
+            *extra,
+        ]
+    )
     return json.loads((out / "metrics.json").read_text()), out
 
 
@@ -80,16 +91,19 @@ def _bad(tmp_path):
     return tmp_path
 
 
-@pytest.mark.parametrize(("folder", "split", "message"), [
-    ("missing", None, "does not exist"),
-    ("empty", None, "is empty"),
-    ("a-file.png", None, "is a file"),
-    ("no-classes", None, "holds no class folders"),
-    ("cats", None, "unknown class folder 'Siamese'"),
-    ("hollow", None, "hold no images"),
-    ("full", None, "is a split root"),
-    ("full", "val", "does not exist"),
-])
+@pytest.mark.parametrize(
+    ("folder", "split", "message"),
+    [
+        ("missing", None, "does not exist"),
+        ("empty", None, "is empty"),
+        ("a-file.png", None, "is a file"),
+        ("no-classes", None, "holds no class folders"),
+        ("cats", None, "unknown class folder 'Siamese'"),
+        ("hollow", None, "hold no images"),
+        ("full", None, "is a split root"),
+        ("full", "val", "does not exist"),
+    ],
+)
 def test_bad_folders_get_one_line_and_exit_2(folder, split, message, folders, tmp_path, capsys):
     path = folders[0] if folder == "full" else _bad(tmp_path) / folder
     argv = ["--data", str(folders[1] / "test"), str(path), "--out", str(tmp_path / "o")]
@@ -103,12 +117,25 @@ def test_bad_folders_get_one_line_and_exit_2(folder, split, message, folders, tm
 
 @pytest.mark.slow
 def test_bad_folder_from_the_command_line_has_no_traceback(tmp_path):
-    done = subprocess.run([sys.executable, "-m", "training.evaluate", "--data", str(tmp_path / "x"),
-                           "--out", str(tmp_path / "o")], cwd=REPO, capture_output=True,
-                          text=True, timeout=120)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "training.evaluate",
+            "--data",
+            str(tmp_path / "x"),
+            "--out",
+            str(tmp_path / "o"),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 2 and "Traceback" not in done.stderr
     assert done.stderr.strip().splitlines() == [
-        f"evaluate: error: data folder {str(tmp_path / 'x')!r} does not exist"]
+        f"evaluate: error: data folder {str(tmp_path / 'x')!r} does not exist"
+    ]
 
 
 def test_audit_images_go_through_predict_many(tiny_checkpoint, monkeypatch):
@@ -190,8 +217,9 @@ def test_lung_share_section_has_exact_figures_per_group():
         lung_share_section(lungs[:2], records, np.zeros(5), CLASS_NAMES)
 
 
-def test_evaluate_writes_the_lung_share_section_and_plot(folders, tiny_checkpoint, tmp_path,
-                                                         capsys):
+def test_evaluate_writes_the_lung_share_section_and_plot(
+    folders, tiny_checkpoint, tmp_path, capsys
+):
     metrics, out = _run(tmp_path, tiny_checkpoint, *folders, extra=["--no-audit"])
     section = metrics["lung_share"]
     assert section["low_share"] == 0.5 and section["segmenter"].startswith("lung segmenter")
@@ -228,8 +256,16 @@ def mixed(tmp_path_factory):
     for name, (folder, view, source, _) in MIXED.items():
         (root / "test" / folder).mkdir(parents=True, exist_ok=True)
         shutil.copy(next(films), root / "test" / folder / name)
-        rows.append({"file": f"test/{folder}/{name}", "split": "test", "label": folder,
-                     "patient_id": name[:2], "view": view, "source": source})
+        rows.append(
+            {
+                "file": f"test/{folder}/{name}",
+                "split": "test",
+                "label": folder,
+                "patient_id": name[:2],
+                "view": view,
+                "source": source,
+            }
+        )
     with open(root / "manifest.csv", "w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
         writer.writeheader()
@@ -239,6 +275,7 @@ def mixed(tmp_path_factory):
 
 def _stub_logits(monkeypatch):
     """``predict_variants`` whose top class per file is MIXED's, the same under every edit."""
+
     def stub(predictor, records, variants, batch_size=16, lungs=None):
         logits = np.zeros((len(records), 5))
         for row, record in enumerate(records):
@@ -250,9 +287,9 @@ def _stub_logits(monkeypatch):
     monkeypatch.setattr(evaluate, "predict_variants", stub)
 
 
-def test_a_set_image_is_right_when_its_top_class_is_either_pneumonia(mixed, tiny_checkpoint,
-                                                                     tmp_path, monkeypatch,
-                                                                     capsys):
+def test_a_set_image_is_right_when_its_top_class_is_either_pneumonia(
+    mixed, tiny_checkpoint, tmp_path, monkeypatch, capsys
+):
     _stub_logits(monkeypatch)
     metrics, _ = _run(tmp_path, tiny_checkpoint, mixed)
     sets = metrics["label_sets"]
@@ -260,12 +297,21 @@ def test_a_set_image_is_right_when_its_top_class_is_either_pneumonia(mixed, tiny
     assert sets["n"] == 4 and sets["accuracy"] == 0.5
     p = evaluate.softmax(np.array([[3.0, 0, 0, 0, 0]]), metrics["temperature"])[0]
     assert sets["set_probability"] == pytest.approx((2 * (p[0] + p[4]) + 2 * 2 * p[4]) / 4)
-    assert sets["called"] == {"Bacterial Pneumonia": 0.25, "COVID-19": 0.25, "Normal": 0.25,
-                              "Tuberculosis": 0.0, "Viral Pneumonia": 0.25}
+    assert sets["called"] == {
+        "Bacterial Pneumonia": 0.25,
+        "COVID-19": 0.25,
+        "Normal": 0.25,
+        "Tuberculosis": 0.0,
+        "Viral Pneumonia": 0.25,
+    }
     assert {v: (b["n"], b["accuracy"]) for v, b in sets["per_view"].items()} == {
-        "AP": (3, pytest.approx(2 / 3)), "PA": (1, 0.0)}
+        "AP": (3, pytest.approx(2 / 3)),
+        "PA": (1, 0.0),
+    }
     assert {s: (b["n"], b["accuracy"]) for s, b in sets["per_source"].items()} == {
-        "other": (1, 0.0), "rsna": (3, pytest.approx(2 / 3))}
+        "other": (1, 0.0),
+        "rsna": (3, pytest.approx(2 / 3)),
+    }
     # per-class metrics see the three single-label images only
     calibrated = metrics["calibrated"]
     assert calibrated["n"] == 3 and metrics["accuracy"] == pytest.approx(2 / 3)
@@ -278,14 +324,17 @@ def test_a_set_image_is_right_when_its_top_class_is_either_pneumonia(mixed, tiny
     assert metrics["audit"]["overall"]["clean"]["n"] == 3
     assert metrics["lung_share"]["overall"]["n"] == 3
     lines = [line for line in capsys.readouterr().out.splitlines() if "Label sets" in line]
-    assert lines == ["Label sets (Bacterial Pneumonia or Viral Pneumonia): n=4, top class in the "
-                     f"set 0.500, mean p(set) {sets['set_probability']:.3f}; per view AP 0.67 "
-                     "(n=3), PA 0.00 (n=1); called Bacterial Pneumonia 25%, COVID-19 25%, "
-                     "Normal 25%, Viral Pneumonia 25%"]
+    assert lines == [
+        "Label sets (Bacterial Pneumonia or Viral Pneumonia): n=4, top class in the "
+        f"set 0.500, mean p(set) {sets['set_probability']:.3f}; per view AP 0.67 "
+        "(n=3), PA 0.00 (n=1); called Bacterial Pneumonia 25%, COVID-19 25%, "
+        "Normal 25%, Viral Pneumonia 25%"
+    ]
 
 
-def test_a_folder_of_label_sets_only_still_writes_metrics(mixed, tiny_checkpoint, tmp_path,
-                                                          monkeypatch):
+def test_a_folder_of_label_sets_only_still_writes_metrics(
+    mixed, tiny_checkpoint, tmp_path, monkeypatch
+):
     only = tmp_path / "only"
     shutil.copytree(mixed / "test" / "Pneumonia", only / "test" / "pneumonia")
     _stub_logits(monkeypatch)
@@ -296,8 +345,9 @@ def test_a_folder_of_label_sets_only_still_writes_metrics(mixed, tiny_checkpoint
     assert not (out / "confusion_matrix.png").exists()
 
 
-def test_evaluate_mixes_label_set_folders_with_lung5_folders(mixed, folders, tiny_checkpoint,
-                                                             tmp_path):
+def test_evaluate_mixes_label_set_folders_with_lung5_folders(
+    mixed, folders, tiny_checkpoint, tmp_path
+):
     metrics, _ = _run(tmp_path, tiny_checkpoint, mixed, *folders, extra=["--no-audit"])
     assert metrics["label_sets"]["n"] == 4 and 0 <= metrics["label_sets"]["accuracy"] <= 1
     assert 0 < metrics["label_sets"]["set_probability"] < 1

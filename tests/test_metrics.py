@@ -13,8 +13,16 @@ from training.data import ImageRecord
 from training.metrics import binary_auroc, classification_metrics
 
 LABELS = np.array([0, 0, 1, 1, 2, 2])
-PROBS = np.array([[.7, .2, .1], [.4, .5, .1], [.2, .7, .1],
-                  [.1, .8, .1], [.1, .1, .8], [.5, .1, .4]])  # predicted: 0 1 1 1 2 0
+PROBS = np.array(
+    [
+        [0.7, 0.2, 0.1],
+        [0.4, 0.5, 0.1],
+        [0.2, 0.7, 0.1],
+        [0.1, 0.8, 0.1],
+        [0.1, 0.1, 0.8],
+        [0.5, 0.1, 0.4],
+    ]
+)  # predicted: 0 1 1 1 2 0
 
 
 def test_values_match_hand_computation():
@@ -22,8 +30,13 @@ def test_values_match_hand_computation():
     assert m["accuracy"] == pytest.approx(4 / 6)
     # F1: a = 2·.5·.5/(1) = .5, b = 2·(2/3)·1/(5/3) = .8, c = 2·1·.5/1.5 = 2/3
     assert m["macro_f1"] == pytest.approx((0.5 + 0.8 + 2 / 3) / 3)
-    assert m["per_class"]["a"] == {"support": 2, "sensitivity": 0.5, "specificity": 0.75,
-                                   "ppv": 0.5, "auroc": 0.875}
+    assert m["per_class"]["a"] == {
+        "support": 2,
+        "sensitivity": 0.5,
+        "specificity": 0.75,
+        "ppv": 0.5,
+        "auroc": 0.875,
+    }
     assert m["per_class"]["b"]["ppv"] == pytest.approx(2 / 3)
     assert m["per_class"]["c"]["specificity"] == 1.0
     assert m["macro_auroc"] == pytest.approx((0.875 + 1 + 1) / 3)
@@ -62,8 +75,12 @@ def test_evaluate_cli_writes_metrics_and_plots(tiny_checkpoint, tmp_path):
         assert key in metrics
     for key in ("ece", "brier", "confusion_matrix", "per_class"):
         assert key in metrics["calibrated"] and key in metrics["uncalibrated"]
-    assert set(metrics["calibrated"]["per_class"]["COVID-19"]) >= {"sensitivity", "specificity",
-                                                                   "ppv", "auroc"}
+    assert set(metrics["calibrated"]["per_class"]["COVID-19"]) >= {
+        "sensitivity",
+        "specificity",
+        "ppv",
+        "auroc",
+    }
     assert sum(s["n"] for s in metrics["per_source"].values()) == 10
     for source in metrics["per_source"].values():  # only the classes the source has
         assert sum(c["n"] for c in source["classes"].values()) == source["n"]

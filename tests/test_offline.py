@@ -55,9 +55,7 @@ def test_the_hook_refuses_and_records_a_lookup_but_not_loopback(tmp_path):
 
 
 @pytest.mark.slow
-def test_the_app_makes_no_call_out_from_start_to_a_prediction(
-    real_image, tmp_path, monkeypatch
-):
+def test_the_app_makes_no_call_out_from_start_to_a_prediction(real_image, tmp_path, monkeypatch):
     for name in SWITCHES:  # the app must switch them off itself
         monkeypatch.delenv(name, raising=False)
     log = tmp_path / "network.jsonl"

@@ -195,8 +195,11 @@ def test_pdf_states_the_heatmaps_share_on_the_lungs(store, tmp_path, found):
     review, _ = store.add(make_draft(image_sha256=pixels_sha256(pixels)))
     handlers = ReviewHandlers(lambda image: prediction, ModelConfig, store)
     pdf = handlers.make_report((review, prediction), 0.45, "jet", True)
-    text = " ".join(subprocess.run([pdftotext, pdf, "-"], check=True, capture_output=True,
-                                   text=True).stdout.split())
+    text = " ".join(
+        subprocess.run(
+            [pdftotext, pdf, "-"], check=True, capture_output=True, text=True
+        ).stdout.split()
+    )
     assert "Lung fields" in text
     if found:
         share = lung_share.percent(prediction.lung_share(3))

@@ -31,9 +31,15 @@ def make_folder(root, folders=CLASS_FOLDERS, per_split=None, source=None):
             for i in range(count):
                 name = f"{split}/{folder}/{root.name}-{k}-{i}.png"
                 cv2.imwrite(str(root / name), np.full((64, 64), 10 * k + i, np.uint8))
-                rows.append({"file": name, "split": split, "label": folder,
-                             "patient_id": f"{root.name}-{split}-{k}-{i}",
-                             "source": source(k) if source else ""})
+                rows.append(
+                    {
+                        "file": name,
+                        "split": split,
+                        "label": folder,
+                        "patient_id": f"{root.name}-{split}-{k}-{i}",
+                        "source": source(k) if source else "",
+                    }
+                )
     if source:
         with open(root / "manifest.csv", "w", newline="") as fh:
             writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
@@ -45,8 +51,9 @@ def make_folder(root, folders=CLASS_FOLDERS, per_split=None, source=None):
 @pytest.fixture
 def three_folders(tmp_path):
     a = make_folder(tmp_path / "a", source=lambda k: "paper" if k == 1 else "kids")
-    b = make_folder(tmp_path / "b", SHOUTED, {"train": 3, "val": 1, "test": 2},
-                    source=lambda k: "hospital")
+    b = make_folder(
+        tmp_path / "b", SHOUTED, {"train": 3, "val": 1, "test": 2}, source=lambda k: "hospital"
+    )
     c = make_folder(tmp_path / "plain", per_split={"train": 1, "val": 1})
     return a, b, c
 
@@ -80,20 +87,26 @@ def test_no_folders_and_missing_folders_are_errors(tmp_path):
 
 
 def _records(cells):
-    return [ImageRecord(f"{label}{source}{i}.png", label, f"p{i}", source)
-            for (label, source), n in cells.items() for i in range(n)]
+    return [
+        ImageRecord(f"{label}{source}{i}.png", label, f"p{i}", source)
+        for (label, source), n in cells.items()
+        for i in range(n)
+    ]
 
 
 # class 0: source a ×3, source b ×1; class 1: source a ×2.
 RECORDS = _records({(0, "a"): 3, (0, "b"): 1, (1, "a"): 2})
 
 
-@pytest.mark.parametrize(("mode", "expected"), [
-    ("class-source", [1 / 12, 1 / 12, 1 / 12, 1 / 4, 1 / 4, 1 / 4]),  # 1 / (C · S · n)
-    ("class", [1 / 8, 1 / 8, 1 / 8, 1 / 8, 1 / 4, 1 / 4]),  # 1 / (C · n_class)
-    ("none", [1 / 6] * 6),
-    ("loss", [1 / 6] * 6),
-])
+@pytest.mark.parametrize(
+    ("mode", "expected"),
+    [
+        ("class-source", [1 / 12, 1 / 12, 1 / 12, 1 / 4, 1 / 4, 1 / 4]),  # 1 / (C · S · n)
+        ("class", [1 / 8, 1 / 8, 1 / 8, 1 / 8, 1 / 4, 1 / 4]),  # 1 / (C · n_class)
+        ("none", [1 / 6] * 6),
+        ("loss", [1 / 6] * 6),
+    ],
+)
 def test_balance_weights_on_a_known_record_list(mode, expected):
     np.testing.assert_allclose(balance_weights(RECORDS, mode), expected)
 
@@ -144,10 +157,17 @@ def test_real_folders_with_some_classes_merge_into_all_five():
         load_folders([LUNG5.parent / "lung5-extra"])
 
 
-@pytest.mark.parametrize(("label", "allowed"), [
-    ("Pneumonia", (0, 4)), ("PNEUMONIA", (0, 4)), (" pneumonia ", (0, 4)),
-    ("NORMAL", (2,)), ("viral_pneumonia", (4,)), ("covid-19", (1,)),
-])
+@pytest.mark.parametrize(
+    ("label", "allowed"),
+    [
+        ("Pneumonia", (0, 4)),
+        ("PNEUMONIA", (0, 4)),
+        (" pneumonia ", (0, 4)),
+        ("NORMAL", (2,)),
+        ("viral_pneumonia", (4,)),
+        ("covid-19", (1,)),
+    ],
+)
 def test_label_sets_and_single_labels_have_one_home(label, allowed):
     from training import crop_cache
 
@@ -163,8 +183,11 @@ def test_an_unknown_label_is_named():
 
 
 def test_a_pneumonia_folder_is_a_label_set_balanced_as_a_bacterial_source(tmp_path):
-    root = make_folder(tmp_path / "adult", [*CLASS_FOLDERS, "PNEUMONIA"],
-                       source=lambda k: "rsna" if k == 5 else "kids")
+    root = make_folder(
+        tmp_path / "adult",
+        [*CLASS_FOLDERS, "PNEUMONIA"],
+        source=lambda k: "rsna" if k == 5 else "kids",
+    )
     splits = load_folders([root])
     sets = [r for r in splits["train"] if r.path.parent.name == "PNEUMONIA"]
     assert len(sets) == 2 and all(r.is_set for r in sets)
@@ -173,12 +196,18 @@ def test_a_pneumonia_folder_is_a_label_set_balanced_as_a_bacterial_source(tmp_pa
     assert len(singles) == 10 and all(r.allowed == (r.label,) for r in singles)
     cells = cell_counts(splits["train"])
     assert cells[(0, "rsna")] == 2 and cells[(0, "kids")] == 2 and cells[(4, "kids")] == 2
-    weights = dict(zip([r.path.name for r in splits["train"]],
-                       balance_weights(splits["train"], "class-source"), strict=True))
+    weights = dict(
+        zip(
+            [r.path.name for r in splits["train"]],
+            balance_weights(splits["train"], "class-source"),
+            strict=True,
+        )
+    )
     # class 0 has two sources (kids, rsna): each cell a tenth of the epoch, each image 1/20
     assert weights[sets[0].path.name] == pytest.approx(1 / 20)
-    assert sum(w for r, w in zip(splits["train"], weights.values(), strict=True)
-               if r.label == 4) == pytest.approx(1 / 5)
+    assert sum(
+        w for r, w in zip(splits["train"], weights.values(), strict=True) if r.label == 4
+    ) == pytest.approx(1 / 5)
 
 
 def test_a_label_set_is_no_example_of_its_classes(tmp_path):

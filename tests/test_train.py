@@ -26,14 +26,38 @@ from training.data import (
 
 def _args(data, out, *extra):
     return trainer.parse_args(
-        ["--data", str(data), "--out", str(out), "--image-size", "64", "--batch-size", "4",
-         "--workers", "0", "--head-epochs", "1", "--epochs", "1", *extra]
+        [
+            "--data",
+            str(data),
+            "--out",
+            str(out),
+            "--image-size",
+            "64",
+            "--batch-size",
+            "4",
+            "--workers",
+            "0",
+            "--head-epochs",
+            "1",
+            "--epochs",
+            "1",
+            *extra,
+        ]
     )
 
 
-@pytest.mark.parametrize(("name", "index"), [("NORMAL", 2), ("Corona Virus Disease", 1),
-                                             ("covid-19", 1), ("viral_pneumonia", 4),
-                                             ("Bacterial Pneumonia", 0), ("TB", 3), ("cats", None)])
+@pytest.mark.parametrize(
+    ("name", "index"),
+    [
+        ("NORMAL", 2),
+        ("Corona Virus Disease", 1),
+        ("covid-19", 1),
+        ("viral_pneumonia", 4),
+        ("Bacterial Pneumonia", 0),
+        ("TB", 3),
+        ("cats", None),
+    ],
+)
 def test_class_folder_spellings(name, index):
     assert class_index_of(name) == index
 
@@ -64,12 +88,21 @@ def test_single_folder_gets_a_patient_grouped_split(tiny_data):
 
 def _one_step(model, stage, args, data_root):
     records = scan_class_folders(data_root / "train")[:4]
-    loader = DataLoader(XrayDataset(records, build_transform(ModelConfig(input_size=(3, 64, 64)))),
-                        batch_size=4)
+    loader = DataLoader(
+        XrayDataset(records, build_transform(ModelConfig(input_size=(3, 64, 64)))), batch_size=4
+    )
     params = trainer.set_stage(model, stage, args.freeze_blocks)
     optimizer, scheduler = trainer.make_optimizer(params, stage, args, steps=1)
-    trainer.train_one_epoch(model, loader, stage, optimizer, scheduler,
-                             trainer.SetCrossEntropy(), torch.device("cpu"), amp=False)
+    trainer.train_one_epoch(
+        model,
+        loader,
+        stage,
+        optimizer,
+        scheduler,
+        trainer.SetCrossEntropy(),
+        torch.device("cpu"),
+        amp=False,
+    )
     return optimizer
 
 
@@ -86,8 +119,9 @@ def test_stage1_adam_moves_only_the_head(tiny_data, tmp_path):
 def test_stage2_adamw_with_weight_decay_moves_the_backbone(tiny_data, tmp_path):
     model = create_network(ModelConfig(input_size=(3, 64, 64)))
     before = model.features.conv0.weight.detach().clone()
-    optimizer = _one_step(model, "full", _args(tiny_data, tmp_path, "--weight-decay", "0.02"),
-                          tiny_data)
+    optimizer = _one_step(
+        model, "full", _args(tiny_data, tmp_path, "--weight-decay", "0.02"), tiny_data
+    )
     assert type(optimizer) is torch.optim.AdamW
     assert optimizer.param_groups[0]["weight_decay"] == 0.02
     assert optimizer.param_groups[0]["initial_lr"] == 1e-4
@@ -111,7 +145,10 @@ def test_training_run_saves_a_calibrated_checkpoint_the_app_loads(tiny_data, tmp
     trainer.train(resumed)
     lines = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").open()]
     assert [(line["stage"], line["epoch"]) for line in lines] == [
-        ("head", 1), ("full", 1), ("full", 2)]
+        ("head", 1),
+        ("full", 1),
+        ("full", 2),
+    ]
 
 
 @pytest.mark.slow

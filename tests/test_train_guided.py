@@ -16,6 +16,7 @@ from imaging.load import load_image
 from model.checkpoint import load_checkpoint
 from model.predictor import Predictor
 from training import crop_cache, train_guided
+from training.feature_sources import CachedFilms
 from training.localization_loss import outside_energy_loss, outside_mass_loss, set_cross_entropy
 
 MANIFEST_COLUMNS = ["file", "split", "label", "source"]
@@ -40,11 +41,14 @@ def lesion_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
             if label == "Tuberculosis":
                 (root / "lesions" / "images").mkdir(parents=True, exist_ok=True)
                 shutil.copy(path, root / "lesions" / "images" / path.name)
-                boxes.append([f"images/{path.name}", split, label, "TB", 60, 40, 200, 180])
+                boxes.append(
+                    [f"images/{path.name}", split, label, "TB", 60, 40, 200, 180, "p", "s", "l"]
+                )
     with open(root / "data" / "manifest.csv", "w", newline="") as fh:
         csv.writer(fh).writerows([MANIFEST_COLUMNS, *rows])
     with open(root / "lesions" / "boxes.csv", "w", newline="") as fh:
         header = ["image", "split", "label", "finding", "x0", "y0", "x1", "y1"]
+        header += ["patient_id", "source", "license"]
         csv.writer(fh).writerows([header, *boxes])
     return root
 
@@ -70,7 +74,7 @@ def test_cache_holds_the_serving_input_and_the_lesions_in_its_frame(
     cache, small_model, lesion_folder
 ):
     arrays = dict(np.load(cache))
-    films = crop_cache.decode_images(arrays)
+    films = CachedFilms(cache, torch.device("cpu")).films[:, 0].numpy()
     assert films.shape == (20, 64, 64)
     # the "Pneumonia" films admit both pneumonia classes, every other film one class
     pneumonia = arrays["allowed"][:, [0, 4]].all(axis=1)

@@ -246,9 +246,7 @@ def test_score_cam_requests_go_to_their_own_queue_only(predictor, tmp_path):
     assert "last run" in handlers.method_hint("Score-CAM", layer)
 
 
-def test_history_has_readable_titles_fewer_columns_and_reopens_a_case(
-    counted, predictor, store
-):
+def test_history_has_readable_titles_fewer_columns_and_reopens_a_case(counted, predictor, store):
     from ui.history import SHORT_COLUMNS, TITLES
 
     predict, _ = counted

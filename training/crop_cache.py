@@ -33,11 +33,13 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
+from explain.localization import box_mask
 from imaging.image import ImageInputError
 from imaging.load import load_image
 from model.config import CLASS_NAMES, ModelConfig
 from model.crop import CropBox
 from model.predictor import Predictor
+from training import lesions
 from training.data import MANIFEST, allowed_classes
 from training.sources import balance_weights
 
@@ -91,50 +93,33 @@ def read_films(folders: Sequence[str | Path], splits: Sequence[str] | None = Non
     return films
 
 
-def lesion_films(folder: Path, known: set[str], splits: Sequence[str] | None = None) -> list[Film]:
+def lesion_films(
+    found: Sequence[lesions.Film], known: set[str], splits: Sequence[str] | None = None
+) -> list[Film]:
     """The films of a lesions folder that the data folders lack (its ieee8023 films are
     re-saved copies of lung5's, under other names): trained on with their lesions too."""
-    films: dict[str, Film] = {}
-    with open(folder / "boxes.csv", newline="") as fh:
-        for row in csv.DictReader(fh):
-            image = folder / row["image"]
-            if image.name in known or image.name in films:
-                continue
-            if splits and row["split"] not in splits:
-                continue
-            source = IEEE8023 if row["source"].startswith("ieee8023") else row["source"]
-            films[image.name] = Film(image, row["split"], allowed_classes(row["label"]), source)
-    return list(films.values())
+    return [
+        Film(
+            film.path,
+            film.split,
+            allowed_classes(film.label),
+            IEEE8023 if film.source.startswith("ieee8023") else film.source,
+        )
+        for film in found
+        if film.path.name not in known and (not splits or film.split in splits)
+    ]
 
 
-def read_lesions(folder: Path) -> dict[str, tuple[Path, list[tuple[float, ...]], Path | None]]:
-    """Lesion boxes by image file name: (image path, boxes, pixel mask path or None)."""
-    lesions: dict[str, tuple[Path, list[tuple[float, ...]], Path | None]] = {}
-    with open(folder / "boxes.csv", newline="") as fh:
-        for row in csv.DictReader(fh):
-            image = folder / row["image"]
-            mask = folder / "masks" / (image.stem + ".png")
-            entry = lesions.setdefault(image.name, (image, [], mask if mask.is_file() else None))
-            entry[1].append(tuple(float(row[k]) for k in ("x0", "y0", "x1", "y1")))
-    return lesions
-
-
-def lesion_mask(
-    shape: tuple[int, int], boxes: list[tuple[float, ...]], mask_path: Path | None
-) -> np.ndarray:
-    """The lesions of one film at ``shape`` (H, W) as 0/1 float32: its pixel mask when there
-    is one, else its boxes (a pixel is inside when its centre is)."""
-    if mask_path is not None:
-        mask = cv2.imread(str(mask_path), cv2.IMREAD_GRAYSCALE)
-        if mask is not None:
-            if mask.shape != shape:
-                mask = cv2.resize(mask, shape[::-1], interpolation=cv2.INTER_NEAREST)
-            return (mask > 127).astype(np.float32)
-    out = np.zeros(shape, dtype=np.float32)
-    ys, xs = np.arange(shape[0]) + 0.5, np.arange(shape[1]) + 0.5
-    for x0, y0, x1, y1 in boxes:
-        out[np.ix_((ys >= y0) & (ys < y1), (xs >= x0) & (xs < x1))] = 1.0
-    return out
+def lesion_mask(shape: tuple[int, int], film: lesions.Film) -> np.ndarray:
+    """The lesions of one film at ``shape`` (H, W) as 0/1 float32: its pixel mask in the
+    folder's ``masks/`` when there is one, else its boxes as ``training.localize`` draws them."""
+    pixels = film.path.parent.parent / "masks" / (film.path.stem + ".png")
+    mask = cv2.imread(str(pixels), cv2.IMREAD_GRAYSCALE) if pixels.is_file() else None
+    if mask is None:
+        return box_mask(film.corners, shape).astype(np.float32)
+    if mask.shape != shape:
+        mask = cv2.resize(mask, shape[::-1], interpolation=cv2.INTER_NEAREST)
+    return (mask > 127).astype(np.float32)
 
 
 def in_crop_frame(mask: np.ndarray, box: CropBox) -> np.ndarray:
@@ -154,10 +139,14 @@ def network_pixels(predictor: Predictor, pixels: np.ndarray, box: CropBox) -> np
 
 
 def build_cache(
-    predictor: Predictor, films: list[Film], lesion_folder: Path | None, quality: int = 82
+    predictor: Predictor,
+    films: list[Film],
+    found: Sequence[lesions.Film] = (),
+    quality: int = 82,
 ) -> tuple[dict[str, np.ndarray], list[str]]:
-    """The cache's arrays for ``films`` (see the module docstring) and the files skipped."""
-    lesions = read_lesions(lesion_folder) if lesion_folder else {}
+    """The cache's arrays for ``films`` (see the module docstring), with the lesions of
+    ``found`` (``training.lesions``) on the films they name, and the files skipped."""
+    lesion_of = {film.path.name: film for film in found}
     encoded: list[bytes] = []
     lungs, marks, kept, skipped = [], [], [], []
     for start in tqdm(range(0, len(films), 16), desc="films", disable=None):
@@ -177,9 +166,9 @@ def build_cache(
             encoded.append(encoded_film.tobytes())
             lung_mask = lung.mask if lung is not None else np.zeros(image.pixels.shape, bool)
             lungs.append(in_crop_frame(lung_mask.astype(np.float32), box))
-            lesion = lesions.get(film.path.name)
+            lesion = lesion_of.get(film.path.name)
             marks.append(
-                in_crop_frame(lesion_mask(image.pixels.shape, *lesion[1:]), box)
+                in_crop_frame(lesion_mask(image.pixels.shape, lesion), box)
                 if lesion
                 else np.zeros((MASK_SIZE, MASK_SIZE), np.float32)
             )
@@ -213,17 +202,6 @@ def preprocessing(config: ModelConfig) -> dict[str, object]:
     return {key: getattr(config, key) for key in PREPROCESSING_FIELDS}
 
 
-def decode_images(arrays: dict[str, np.ndarray]) -> np.ndarray:
-    """The cached network inputs as one (N, H, W) uint8 array."""
-    encoded, offsets = arrays["encoded"], arrays["offsets"]
-    return np.stack(
-        [
-            cv2.imdecode(encoded[offsets[i] : offsets[i + 1]], cv2.IMREAD_GRAYSCALE)
-            for i in range(len(offsets) - 1)
-        ]
-    )
-
-
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -238,16 +216,15 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         films = read_films(args.data, args.splits)
-        if args.lesions:
-            known = {film.path.name for film in films}
-            films += lesion_films(Path(args.lesions), known, args.splits)
+        found, bad_rows = lesions.read_folder(Path(args.lesions)) if args.lesions else ([], [])
+        films += lesion_films(found, {film.path.name for film in films}, args.splits)
         predictor = Predictor.load(args.model, "cpu")
     except (FileNotFoundError, ValueError) as err:
         print(f"crop_cache: error: {err}", file=sys.stderr)
         return 2
-    arrays, skipped = build_cache(
-        predictor, films, Path(args.lesions) if args.lesions else None, args.quality
-    )
+    for line in bad_rows:
+        log.warning("%s", line)
+    arrays, skipped = build_cache(predictor, films, found, args.quality)
     for line in skipped:
         log.warning("skipped %s", line)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
