@@ -8,7 +8,7 @@ less than 10 % between request 100 and the last request (``--mark``, default 100
                              [--image PATH] [--model PATH] [--json FILE]
 
 Every request uploads a film of its own, made before the clients start: lung5 test films in
-turn, padded to 512×512 (``--side``) PNG, each with a random patch (``bench.serve.Films``; the
+turn, padded to 512×512 (``--side``) PNG, each with a random patch (``bench.films.Films``; the
 serving benchmark uses 2048×2048), so none is answered from the per-session case cache.
 """
 
@@ -25,7 +25,8 @@ from pathlib import Path
 
 from gradio_client import Client
 
-from bench.serve import Films, ask, model_for_bench, serve
+from bench.films import Films
+from bench.server import ask, model_for_bench, serve
 
 GROWTH_LIMIT = 0.10
 

@@ -51,7 +51,7 @@ def predict_share(model: str | None, rounds: int) -> dict[str, float]:
 
     from gradio import processing_utils
 
-    from bench.serve import make_uploads
+    from bench.films import make_uploads
     from model.predictor import Predictor
     from ui.analyze import AnalyzeHandlers
     from ui.common import DISPLAY_FORMAT

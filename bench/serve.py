@@ -1,9 +1,9 @@
 """Serving benchmark: the real app on loopback, called through ``gradio_client``.
 
-Every request sends a film of its own (``Films``: lung5 test films in turn, padded and scaled
-to 2048×2048 PNG, each with a random patch, so no two uploads have the same bytes): a repeated
-file would be answered from LungCAM's per-session case cache, which the peer does not have.
-Measures:
+Every request sends a film of its own (``bench.films.Films``: lung5 test films in turn, padded
+and scaled to 2048×2048 PNG, each with a random patch, so no two uploads have the same bytes):
+a repeated file would be answered from LungCAM's per-session case cache, which the peer does
+not have. The apps run as their own processes (``bench.server``). Measures:
 - cold start: ``python app.py`` process start → first prediction returned to the client;
 - end-to-end latency p50/p95 of sequential ``/predict`` calls;
 - where a request's server time goes, timed in-process on one film with the same functions
@@ -27,238 +27,33 @@ same work as the trained one.
 from __future__ import annotations
 
 import argparse
-import hashlib
-import itertools
 import json
 import os
 import platform
 import statistics
-import subprocess
-import sys
 import tempfile
-import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import AbstractContextManager, ExitStack, contextmanager
-from dataclasses import dataclass, field
+from contextlib import ExitStack
 from pathlib import Path
 
 import numpy as np
-import psutil
 import torch
 from gradio import processing_utils
-from gradio_client import Client, handle_file
-from PIL import Image, ImageOps
+from gradio_client import Client
 
+from bench.films import Films
+from bench.server import PEER_APP, ask, ask_peer, model_for_bench, serve, serve_peer
 from imaging.load import load_image
-from imaging.overlay import DEFAULT_COLORMAP, DEFAULT_OPACITY, overlay
-from model.checkpoint import save_checkpoint
-from model.config import CLASS_FOLDERS, ModelConfig, resolve_model_spec
+from imaging.overlay import overlay
 from model.heatmaps import normalise_cam
-from model.network import create_network
 from model.predictor import Predictor
-from serving.runtime import free_port
-from training.data import LUNG5
 from ui.common import DISPLAY_FORMAT
-
-REPO = Path(__file__).resolve().parent.parent
-PEER_APP = REPO.parent / "shared" / "bench" / "peer_app.py"  # the side-by-side anchor
-
-
-class Films:
-    """Uploads for a benchmark, a new one per request: lung5 test films in turn (one of each
-    class, round after round), padded to a square and scaled to ``side``² (None: as they are),
-    each with a random 4×4 patch. No two have the same bytes (checked by hash), so no request
-    is answered from a cache, and no two overlays are the same file (Gradio names outputs by
-    their content: concurrent requests with byte-identical overlays rewrite one file while
-    another client downloads it, a truncated download). Safe to call from several threads.
-    """
-
-    def __init__(self, folder: Path, side: int | None = 2048, seed: int = 0) -> None:
-        per_class = [sorted((LUNG5 / "test" / name).iterdir()) for name in CLASS_FOLDERS]
-        self.sources = [p for turn in itertools.zip_longest(*per_class) for p in turn if p]
-        if not self.sources:
-            raise FileNotFoundError(f"no lung5 test films under {LUNG5 / 'test'}")
-        self.folder, self.side = folder, side
-        self.made = 0  # uploads handed out
-        self._rng = np.random.default_rng(seed)
-        self._digests: set[str] = set()
-        self._lock = threading.Lock()
-
-    def next(self) -> Path:
-        """A new upload, unlike every one made before."""
-        with self._lock:
-            index, self.made = self.made, self.made + 1
-            patch = self._rng.integers(0, 256, (4, 4), dtype=np.uint8)
-            where = self._rng.random(2)
-        source = self.sources[index % len(self.sources)]
-        image = Image.open(source).convert("L")
-        if self.side:
-            size = (self.side, self.side)
-            image = ImageOps.pad(image, size, Image.Resampling.BICUBIC, color=0)
-        pixels = np.array(image)
-        y, x = (where * (np.array(pixels.shape) - 4)).astype(int)
-        pixels[y : y + 4, x : x + 4] = patch
-        path = self.folder / f"film-{index}-{source.stem}.png"
-        Image.fromarray(pixels).save(path)
-        digest = hashlib.sha256(path.read_bytes()).hexdigest()
-        with self._lock:
-            if digest in self._digests:
-                raise RuntimeError(f"{path.name} repeats an earlier upload's bytes")
-            self._digests.add(digest)
-        return path
-
-    def take(self, count: int) -> list[Path]:
-        """``count`` new uploads, made now (so that making them is never timed)."""
-        return [self.next() for _ in range(count)]
-
-
-def make_uploads(folder: Path, count: int, side: int | None = 2048) -> list[Path]:
-    """``count`` distinct uploads (``Films``)."""
-    return Films(folder, side).take(count)
-
-
-def model_for_bench(requested: str | None, folder: Path) -> str:
-    """The checkpoint to serve: ``requested``, the bundled model, else random 224 px weights."""
-    spec = resolve_model_spec(requested)
-    if spec is not None:
-        return spec
-    torch.manual_seed(0)
-    config = ModelConfig(version="random-bench")
-    return str(save_checkpoint(create_network(config), config, folder / "random224"))
 
 
 def percentile(values: list[float], q: float) -> float:
     return float(np.percentile(np.asarray(values), q))
-
-
-@dataclass
-class Server:
-    """A running ``app.py`` and its memory samples."""
-
-    process: subprocess.Popen
-    url: str
-    rss_samples: list[int] = field(default_factory=list)
-    anon_samples: list[int] = field(default_factory=list)
-
-    def rss(self) -> int:
-        """Resident bytes of the server and its children now."""
-        proc = psutil.Process(self.process.pid)
-        return sum(p.memory_info().rss for p in [proc, *proc.children(recursive=True)])
-
-    def status_bytes(self, name: str) -> int | None:
-        """A line of Linux's ``/proc/PID/status`` (``VmHWM``, ``RssAnon``, …) in bytes, summed
-        over the server and its children (the model's process).
-
-        ``RssAnon`` is the processes' own memory, without the shared library pages that RSS
-        also counts (torch's CUDA libraries are most of those).
-        """
-        try:
-            proc = psutil.Process(self.process.pid)
-            pids = [proc.pid, *(child.pid for child in proc.children(recursive=True))]
-        except psutil.Error:
-            return None
-        values = [_status_line(pid, name) for pid in pids]
-        return sum(v for v in values if v is not None) if any(values) else None
-
-
-def _status_line(pid: int, name: str) -> int | None:
-    status = Path(f"/proc/{pid}/status")
-    try:
-        lines = status.read_text().splitlines()
-    except OSError:
-        return None
-    for line in lines:
-        if line.startswith(f"{name}:"):
-            return int(line.split()[1]) * 1024
-    return None
-
-
-def ask(client: Client, upload: Path) -> dict:
-    """One ``/predict`` call, as the README shows it."""
-    label, _, _, _ = client.predict(
-        handle_file(str(upload)), DEFAULT_OPACITY, DEFAULT_COLORMAP, api_name="/predict"
-    )
-    return label
-
-
-@contextmanager
-def running(
-    command: list[str],
-    port: int,
-    env: dict[str, str],
-    first_call: Callable[[Client], object],
-    log_path: Path,
-    timeout: float = 300.0,
-) -> Iterator[tuple[Server, float]]:
-    """Start ``command`` (a Gradio server on ``port``); yield (server, seconds from process
-    start until ``first_call`` returned)."""
-    log = log_path.open("w")
-    start = time.perf_counter()
-    process = subprocess.Popen(
-        command, cwd=REPO, env={**os.environ, **env}, stdout=log, stderr=subprocess.STDOUT
-    )
-    server = Server(process, f"http://127.0.0.1:{port}/")
-    stop = threading.Event()
-
-    def sample() -> None:
-        while not stop.is_set():
-            try:
-                server.rss_samples.append(server.rss())
-                server.anon_samples.append(server.status_bytes("RssAnon") or 0)
-            except (psutil.Error, OSError):
-                return
-            stop.wait(0.05)
-
-    sampler = threading.Thread(target=sample, daemon=True)
-    sampler.start()
-    try:
-        deadline = start + timeout
-        while True:
-            if process.poll() is not None:
-                raise RuntimeError(f"server exited early; see {log.name}")
-            try:
-                first_call(Client(server.url, verbose=False))
-                break
-            except Exception:  # not listening yet
-                if time.perf_counter() > deadline:
-                    raise
-                time.sleep(0.1)
-        yield server, time.perf_counter() - start
-    finally:
-        stop.set()
-        sampler.join()
-        process.terminate()
-        process.wait(timeout=30)
-        log.close()
-
-
-def serve(
-    model: str, data: Path, upload: Path, *extra: str, timeout: float = 300.0
-) -> AbstractContextManager[tuple[Server, float]]:
-    """Start the app; yield (server, seconds from process start to first prediction served)."""
-    port = free_port()
-    command = [sys.executable, "app.py", "--model", model, "--host", "127.0.0.1"]
-    command += ["--port", str(port), *extra]
-    env = {"LUNGCAM_DATA_DIR": str(data), "GRADIO_TEMP_DIR": ""}
-    return running(command, port, env, lambda c: ask(c, upload), data / "server.log", timeout)
-
-
-def serve_peer(
-    script: Path, data: Path, upload: Path, timeout: float = 300.0
-) -> AbstractContextManager[tuple[Server, float]]:
-    """Start the peer app (``../shared/bench/peer_app.py``) the same way."""
-    port = free_port()
-    env = {"GRADIO_SERVER_NAME": "127.0.0.1", "GRADIO_SERVER_PORT": str(port)}
-    command = [sys.executable, str(script)]
-    return running(command, port, env, lambda c: ask_peer(c, upload), data / "peer.log", timeout)
-
-
-def ask_peer(client: Client, upload: Path) -> dict:
-    """One call of the peer's ``/predict`` (file in; label and 224 px overlay out)."""
-    label, _ = client.predict(handle_file(str(upload)), api_name="/predict")
-    return label
 
 
 def side_by_side(

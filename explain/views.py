@@ -107,6 +107,5 @@ def faithfulness_line(
     return f"**{method}, {class_name}** — {road_meaning(score, class_name)}"
 
 
-
 def _slug(text: str) -> str:
     return "".join(c if c.isalnum() else "-" for c in text.lower()).strip("-")

@@ -83,7 +83,7 @@ def decoded_batches(
 
 def load_or_reason(path: Path) -> LoadedImage | str:
     """``load_image(path)``, or the reason it cannot be read: what a batch run reports for a bad
-    file instead of stopping (``decoded_batches``, the Ray engine of ``model.predict``)."""
+    file instead of stopping (``decoded_batches``, the Ray engine of ``batch.predict``)."""
     try:
         return load_image(path)
     except (ImageInputError, OSError) as err:

@@ -22,6 +22,20 @@ DEFAULT_COLORMAP = "inferno"  # low = dark, not a blue veil over the whole film
 # ends, so a single colour vanishes somewhere, a two-tone line reads on all of them.
 OUTLINE_COLOR = (255, 255, 255)
 OUTLINE_HALO = (0, 0, 0)
+MARK_COLOR = (0, 255, 255)  # reviewers' marks: cyan, apart from every colormap's ends
+FULL_WINDOW = (128, 256)  # (level, width) of 8-bit gray that shows the film as it is
+
+
+def apply_window(gray: np.ndarray, level: float, width: float) -> np.ndarray:
+    """The film seen through a display window (uint8): gray values ``level ± width / 2`` are
+    stretched over black … white, the rest clipped (brightness = level, contrast = width)."""
+    if width <= 0:
+        raise ValueError(f"window width must be positive; got {width}")
+    if (level, width) == FULL_WINDOW:
+        return gray
+    low = level - width / 2.0
+    table = np.clip((np.arange(256) - low) * 255.0 / width, 0, 255).round().astype(np.uint8)
+    return cv2.LUT(gray, table)
 
 
 def colorize(heatmap: np.ndarray, colormap: str = DEFAULT_COLORMAP) -> np.ndarray:
@@ -118,6 +132,23 @@ def draw_box(rgb: np.ndarray, box: tuple[int, int, int, int]) -> np.ndarray:
     mask = np.zeros(rgb.shape[:2], dtype=bool)
     mask[y0:y1, x0:x1] = True
     return draw_outline(rgb, mask)
+
+
+def draw_marks(
+    rgb: np.ndarray, boxes: list[tuple[int, int, int, int]], scale: float = 1.0
+) -> np.ndarray:
+    """Reviewers' boxes ``(x0, y0, x1, y1)`` (film pixels × ``scale``) in ``MARK_COLOR`` with a
+    black halo, numbered in the order they were drawn, on a copy of ``rgb``."""
+    out = rgb.copy()
+    thickness = max(2, round(max(rgb.shape[:2]) / 300))
+    for number, box in enumerate(boxes, start=1):
+        x0, y0, x1, y1 = (round(v * scale) for v in box)
+        cv2.rectangle(out, (x0, y0), (x1, y1), OUTLINE_HALO, thickness + 2)
+        cv2.rectangle(out, (x0, y0), (x1, y1), MARK_COLOR, thickness)
+        origin = (x0 + thickness + 2, y0 + 6 * thickness + 8)
+        cv2.putText(out, str(number), origin, cv2.FONT_HERSHEY_SIMPLEX, thickness / 3,
+                    MARK_COLOR, max(1, thickness - 1), cv2.LINE_AA)  # fmt: skip
+    return out
 
 
 def save_png(array: np.ndarray, path: str | Path) -> Path:

@@ -34,7 +34,6 @@ import numpy as np
 METHODS = ("lac", "aps")
 DEFAULT_METHOD = "lac"
 DEFAULT_ALPHA = 0.10
-NO_SETS = "No prediction sets for this model (its config has no conformal section)."
 
 
 def check_alpha(alpha: float) -> float:
@@ -109,23 +108,6 @@ def prediction_sets(
     return member
 
 
-def set_caption(alpha: float) -> str:
-    """ "90 % set" for α = 0.1 (one decimal when needed: "87.5 % set")."""
-    return f"{round((1 - alpha) * 100, 1):g} % set"
-
-
-def describe_set(prediction_set: Sequence[str] | None, alpha: float | None) -> str:
-    """One Markdown line for the screen, the API's notes and the PDF.
-
-    ``"**90 % set:** Bacterial Pneumonia, Viral Pneumonia · **uncertain**"``; ``NO_SETS``
-    when the model has no conformal section.
-    """
-    if prediction_set is None or alpha is None:
-        return NO_SETS
-    line = f"**{set_caption(alpha)}:** {', '.join(prediction_set)}"
-    return line + (" · ⚠️ **uncertain**" if len(prediction_set) > 1 else " · certain")
-
-
 @dataclass(frozen=True)
 class ConformalConfig:
     """The conformal section of a checkpoint's config: how sets are made at serving.
@@ -161,10 +143,6 @@ class ConformalConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-    @property
-    def caption(self) -> str:
-        return set_caption(self.alpha)
 
     def sets(self, probabilities: np.ndarray) -> np.ndarray:
         """(N, K) bool membership for (N, K) calibrated probabilities."""

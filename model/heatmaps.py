@@ -1,7 +1,9 @@
 """Raw Grad-CAM maps → [0, 1] heatmaps, exactly as pytorch-grad-cam scales them.
 
-Plain numpy and OpenCV (no torch), so the server process can draw maps the model process
-computed.
+Plain numpy and OpenCV: the web process, which never imports torch, draws every heatmap from
+the raw maps the model's process sent. The library's own ``scale_cam_image`` cannot serve it:
+its module imports torch, torchvision, matplotlib and scipy. ``tests/test_gradcam.py`` checks
+that ``scale_cam`` equals it.
 """
 
 from __future__ import annotations
@@ -12,13 +14,7 @@ import numpy as np
 
 def scale_cam(cam: np.ndarray, size: tuple[int, int] | None = None) -> np.ndarray:
     """pytorch-grad-cam's ``scale_cam_image`` for one (h, w) map: shift to 0, divide by
-    (1e-7 + max), resize to ``size`` = (width, height) with ``cv2.resize``; float32.
-
-    Written out because importing the library (``pytorch_grad_cam/__init__`` loads every
-    method, scikit-learn and matplotlib) was the largest part of the app's start-up that the
-    served path did not need (docs/BENCHMARKS.md, "Cold start"); ``tests/test_gradcam.py``
-    checks it equals the library's function.
-    """
+    (1e-7 + max), resize to ``size`` = (width, height) with ``cv2.resize``; float32."""
     cam = cam - np.min(cam)
     cam = cam / (1e-7 + np.max(cam))
     return cv2.resize(np.float32(cam), size) if size is not None else np.float32(cam)

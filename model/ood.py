@@ -50,8 +50,6 @@ DEFAULT_QUANTILE = 0.99
 NO_LUNGS_SCORE = 0.9
 NO_LUNGS_CANDIDATES = (float("inf"), 0.9, 0.75, 0.5, 0.25, 0.0)  # inf: the lungs are not used
 NO_LUNGS_REASON = "no lung fields were found on it"
-NOT_A_CHEST_XRAY = "Not a chest X-ray?"  # the headline instead of a class when the guard warns
-NOT_FRONTAL = "Not a frontal chest X-ray?"  # … when the DICOM header says lateral
 
 
 @dataclass
@@ -214,38 +212,6 @@ def no_lungs_warns(
     if lungs_found is None or lungs_found:
         return False
     return score is None or score > no_lungs_score
-
-
-def describe(check: OODCheck) -> str:
-    """One warning sentence for the screen, or '' when the image looks like a chest X-ray."""
-    if not check.warn:
-        return ""
-    return (
-        "This may not be a frontal chest X-ray — "
-        + "; ".join(check.reasons)
-        + ". The classifier was trained on chest X-rays only: read its output with care."
-    )
-
-
-def input_warnings(image: LoadedImage, check: OODCheck | None) -> list[str]:
-    """Every reason to distrust the class scores of ``image``: the guard's verdict (one
-    sentence) and the loader's notes (e.g. a lateral DICOM view). Empty: nothing to warn."""
-    warned = [describe(check)] if check is not None and check.warn else []
-    return warned + list(image.notes)
-
-
-def headline(image: LoadedImage, check: OODCheck | None) -> str | None:
-    """What to headline instead of a class name, or None when the class may be headlined.
-
-    A DICOM header that says lateral gives ``NOT_FRONTAL`` first (more specific than the
-    pixels, and a lateral film has no frontal lung fields for the guard to find); else the
-    guard's warning gives ``NOT_A_CHEST_XRAY``; else nothing.
-    """
-    if any("lateral" in note for note in image.notes):
-        return NOT_FRONTAL
-    if check is not None and check.warn:
-        return NOT_A_CHEST_XRAY
-    return None
 
 
 def _rounded(values: np.ndarray) -> list:

@@ -3,9 +3,9 @@
 The network is a library one (``segmentation_models_pytorch.Unet`` with a timm
 MobileNetV3-small encoder, Ronneberger et al. 2015, "U-Net: Convolutional Networks for
 Biomedical Image Segmentation"); it is trained by ``training.segmenter`` on the lungmask data
-set. A checkpoint is a folder with ``config.json`` + ``model.safetensors`` like the
-classifier's; the config carries the preprocessing (input size, mean, std), the threshold and
-the test scores, so nothing here hard-codes them.
+set. A checkpoint is a folder with ``config.json`` + ``model.safetensors``, read and written by
+the classifier's folder I/O (``model.checkpoint``); the config carries the preprocessing
+(input size, mean, std), the threshold and the test scores, so nothing here hard-codes them.
 
     >>> seg = LungSegmenter.load()                      # assets/segmenter
     >>> result = seg.analyse(gray)                      # (H, W) uint8
@@ -28,16 +28,13 @@ from typing import Any
 import cv2
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
 from scipy import ndimage
 from torch import nn
 
 from imaging.image import fit_within
-from model.checkpoint import file_sha256
+from model.checkpoint import load_weights, read_folder, write_folder
 from model.lungs import LungMask
 
-CONFIG_FILE = "config.json"
-WEIGHTS_FILE = "model.safetensors"
 DEFAULT_SEGMENTER = Path(__file__).resolve().parent.parent / "assets" / "segmenter"
 ARCHITECTURES = ("Unet",)
 POSTPROCESS_SIDE = 512  # the lungmask films the scores were measured on are ≤ 512 px a side
@@ -183,36 +180,21 @@ class LungSegmenter:
 
     @classmethod
     def load(cls, path: str | Path | None = None) -> LungSegmenter:
-        """Load ``config.json`` + ``model.safetensors`` from a folder (default: the bundled one)."""
+        """Load ``config.json`` + ``model.safetensors`` from a folder (default: the bundled one).
+
+        Raises ``CheckpointNotFound`` (a ``FileNotFoundError``) for a missing file and
+        ``CheckpointError`` (a ``ValueError``) for weights another config was written for.
+        """
         folder = Path(path) if path is not None else DEFAULT_SEGMENTER
-        missing = [n for n in (CONFIG_FILE, WEIGHTS_FILE) if not (folder / n).is_file()]
-        if missing:
-            raise FileNotFoundError(
-                f"segmenter folder {str(folder)!r} lacks {', '.join(missing)}; pass a folder "
-                f"written by training.segmenter (default {DEFAULT_SEGMENTER})"
-            )
-        config = SegmenterConfig.load(folder / CONFIG_FILE)
-        digest = file_sha256(folder / WEIGHTS_FILE)
-        if config.weights_sha256 and config.weights_sha256 != digest:
-            raise ValueError(
-                f"{folder / WEIGHTS_FILE} has sha256 {digest[:12]}… but config.json expects "
-                f"{config.weights_sha256[:12]}…; the weights and config do not belong together"
-            )
+        hint = f"pass a segmenter folder from training.segmenter (default {DEFAULT_SEGMENTER})"
+        config, state = read_folder(folder, SegmenterConfig.load, verify_sha256=True, hint=hint)
         network = create_segmenter_network(config)
-        state = load_file(str(folder / WEIGHTS_FILE))
-        expected = network.state_dict()
-        network.load_state_dict({k: v.to(expected[k].dtype) for k, v in state.items()})
+        load_weights(network, state, f"{config.encoder_name} {config.architecture}")
         return cls(network, config)
 
     def save(self, folder: str | Path) -> Path:
         """Write the weights (fp32) and the config with the weights' sha256."""
-        out = Path(folder)
-        out.mkdir(parents=True, exist_ok=True)
-        state = {k: v.detach().cpu().contiguous() for k, v in self.network.state_dict().items()}
-        save_file(state, str(out / WEIGHTS_FILE), metadata={"format": "pt"})
-        self.config.weights_sha256 = file_sha256(out / WEIGHTS_FILE)
-        self.config.save(out / CONFIG_FILE)
-        return out
+        return write_folder(self.network.state_dict(), self.config, folder)
 
     @property
     def description(self) -> str:

@@ -1,13 +1,16 @@
 """How often reviewers agree with the model's top class, with Wilson 95 % intervals:
 overall, per predicted class, and for "uncertain" (conformal set of more than one class)
-against "certain" cases. The History tab, its CSV export and this command line share it:
+against "certain" cases; and how often the heatmaps' peaks lie in the reviewers' marks
+(``review.marks``): overall, per class and per model version, beside a flat map's score on the
+same marks. The History tab, its CSV export and this command line share it:
 
     python -m review.agreement --database postgresql://user@host/lungcam  [--json]
     python -m review.agreement --data-dir data       # SQLite at data/reviews.sqlite
 
 Reviews saved before prediction sets existed (or with a model without a conformal section)
-have no stored set and count as "unknown". Opening a store upgrades its schema to the newest
-revision (``ReviewStore.open``), as the app does.
+have no stored set and count as "unknown"; reviews without marks (or with "no focal finding")
+have no heatmap scores and are left out of the hit rates. Opening a store upgrades its schema
+to the newest revision (``ReviewStore.open``), as the app does.
 """
 
 from __future__ import annotations
@@ -18,27 +21,39 @@ import hashlib
 import io
 import json
 import math
-import os
 import sys
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from sqlalchemy.exc import SQLAlchemyError
-
 from model.config import CLASS_NAMES
-from review.store import DATABASE_URL_ENV, ReviewStore
+from review.cli import add_store_arguments, open_store
+from review.marks import MarkedReview, peak_inside
 
 Z_95 = 1.959963984540054  # the standard normal's 97.5 % quantile
 CERTAINTY = ("uncertain", "certain", "unknown")
 SUMMARY_COLUMNS = ("group", "cases", "agree", "agreement", "wilson_95_low", "wilson_95_high")
+HIT_COLUMNS = (
+    *("group", "heatmap", "marked", "hits", "hit_rate", "wilson_95_low", "wilson_95_high"),
+    *("energy", "flat_map"),
+)
+# Each heatmap scored against the marks: the review's attributes for its class and its scores.
+HEATMAPS = {
+    "shown class": ("shown_class", "hit_shown", "energy_shown"),
+    "top class": ("predicted_class", "hit_top", "energy_top"),
+}
 
 
 class Reviewed(Protocol):
     agrees: bool
     predicted_class: str
     prediction_set: list[str] | None
+
+
+class Marked(MarkedReview, Protocol):
+    model_name: str
+    model_version: str
 
 
 def wilson_interval(successes: int, n: int, z: float = Z_95) -> tuple[float, float] | None:
@@ -79,10 +94,86 @@ class Agreement:
 
     def row(self) -> list[Any]:
         """A table row: group, cases, agree, then the rate and bounds rounded (or "–")."""
-        values = [self.rate, self.low, self.high]
-        return [self.group, self.cases, self.agree] + [
-            "–" if v is None else round(v, 3) for v in values
+        return [self.group, self.cases, self.agree, *map(_shown, (self.rate, self.low, self.high))]
+
+
+def _shown(value: float | None) -> float | str:
+    return "–" if value is None else round(value, 3)
+
+
+@dataclass(frozen=True)
+class HeatmapHits:
+    """How often one group's heatmaps (of the class shown, or of the top class) put their
+    peak in the reviewers' marks: ``hits.agree`` of ``hits.cases`` marked reviews, with Wilson
+    95 % bounds; ``energy``, the mean share of their energy in the marks; ``flat``, a flat
+    map's mean score on the same marks (their area share: a flat map's energy share and its
+    expected hit rate alike). ``None`` when the group has no marked reviews."""
+
+    hits: Agreement
+    heatmap: str
+    energy: float | None
+    flat: float | None
+
+    @classmethod
+    def of(cls, group: str, heatmap: str, reviews: Sequence[Marked]) -> HeatmapHits:
+        _, hit, energy = HEATMAPS[heatmap]
+        verdicts = [peak_inside(getattr(r, hit)) for r in reviews]
+        energies = [getattr(r, energy) for r in reviews]
+        flat = [r.energy_flat for r in reviews]
+        return cls(Agreement.of(group, verdicts), heatmap, _mean(energies), _mean(flat))
+
+    def values(self) -> list[Any]:
+        """The row's values unrounded, in ``HIT_COLUMNS`` order."""
+        h = self.hits
+        counts = [h.group, self.heatmap, h.cases, h.agree]
+        return [*counts, h.rate, h.low, h.high, self.energy, self.flat]
+
+    def row(self) -> list[Any]:
+        """A table row (``HIT_COLUMNS``): the counts, then every share rounded (or "–")."""
+        values = self.values()
+        return values[:4] + [_shown(v) for v in values[4:]]
+
+
+def _mean(values: Sequence[float]) -> float | None:
+    return sum(values) / len(values) if values else None
+
+
+def hit_summary(reviews: Iterable[Marked], label_names: Sequence[str] = ()) -> list[HeatmapHits]:
+    """Heatmap hits over the marked ``reviews`` (those with scores): for the shown class's map,
+    then the top class's, overall, per class (the class whose map it is; every class of
+    ``label_names`` listed) and per model version."""
+    marked = [r for r in reviews if r.hit_shown is not None]
+    classes = _classes(
+        label_names, {r.shown_class for r in marked} | {r.predicted_class for r in marked}
+    )
+    models = sorted({_model(r) for r in marked})
+    hits: list[HeatmapHits] = []
+    for heatmap, (attribute, _, _) in HEATMAPS.items():
+        hits.append(HeatmapHits.of("all marked reviews", heatmap, marked))
+        hits += [
+            HeatmapHits.of(
+                f"class {name}", heatmap, [r for r in marked if getattr(r, attribute) == name]
+            )
+            for name in classes
         ]
+        hits += [
+            HeatmapHits.of(f"model {model}", heatmap, [r for r in marked if _model(r) == model])
+            for model in models
+        ]
+    return hits
+
+
+def _model(review: Marked) -> str:
+    return f"{review.model_name} {review.model_version}"
+
+
+def hit_rows(hits: Sequence[HeatmapHits]) -> list[list[Any]]:
+    return [h.row() for h in hits]
+
+
+def _classes(label_names: Sequence[str], seen: set[str]) -> list[str]:
+    # Every class of the model, then classes stored by another model after them.
+    return list(label_names) + sorted(seen - set(label_names))
 
 
 def certainty(review: Reviewed) -> str:
@@ -98,7 +189,7 @@ def agreement_summary(
     """Agreement overall, per predicted class (every class of ``label_names`` listed, even one
     never predicted; classes stored by another model after them) and per certainty."""
     items = list(reviews)
-    classes = list(label_names) + sorted({r.predicted_class for r in items} - set(label_names))
+    classes = _classes(label_names, {r.predicted_class for r in items})
     return {
         "overall": Agreement.of("all reviews", [r.agrees for r in items]),
         "per_class": {
@@ -148,10 +239,10 @@ def write_summary_csv(folder: str | Path, summary: dict[str, Any]) -> Path:
     return out
 
 
-def format_summary(summary: dict[str, Any]) -> str:
+def format_table(columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     """Aligned text for the terminal."""
-    rows = [list(SUMMARY_COLUMNS), *summary_rows(summary)]
-    widths = [max(len(str(row[i])) for row in rows) for i in range(len(SUMMARY_COLUMNS))]
+    rows = [list(columns), *rows]
+    widths = [max(len(str(row[i])) for row in rows) for i in range(len(columns))]
     return "\n".join(
         "  ".join(str(v).ljust(w) for v, w in zip(row, widths, strict=True)).rstrip()
         for row in rows
@@ -160,40 +251,26 @@ def format_summary(summary: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="agreement", description="Reviewer agreement with the model's top class."
+        prog="agreement",
+        description="Reviewer agreement with the model's top class, and heatmap peaks in the "
+        "reviewers' marks.",
     )
-    parser.add_argument(
-        "--database",
-        default=None,
-        help=f"SQLAlchemy URL, e.g. postgresql://user@host/db (default: ${DATABASE_URL_ENV}, "
-        "else SQLite in --data-dir)",
-    )
-    parser.add_argument(
-        "--data-dir",
-        default=os.environ.get("LUNGCAM_DATA_DIR") or "data",
-        help="the app's data folder, holding reviews.sqlite (default: $LUNGCAM_DATA_DIR or data)",
-    )
+    add_store_arguments(parser)
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     args = parser.parse_args(argv)
-    url = args.database or os.environ.get(DATABASE_URL_ENV)
-    if url is None and not (Path(args.data_dir) / "reviews.sqlite").is_file():
-        parser.exit(
-            2,
-            f"{parser.prog}: error: no reviews.sqlite in {args.data_dir!r}; "
-            "pass --data-dir or --database\n",
-        )
+    store = open_store(parser, args)
     try:
-        store = ReviewStore.open(args.data_dir, url)
-    except (OSError, ValueError, SQLAlchemyError) as err:  # one line, no traceback
-        parser.exit(2, f"{parser.prog}: error: cannot open the review store: {err}\n")
-    try:
-        summary = agreement_summary(store.list(), CLASS_NAMES)
+        reviews = store.list()
     finally:
         store.close()
+    summary, hits = agreement_summary(reviews, CLASS_NAMES), hit_summary(reviews, CLASS_NAMES)
     if args.json:
-        print(json.dumps(summary_json(summary), indent=2))
+        heatmap_hits = [dict(zip(HIT_COLUMNS, h.values(), strict=True)) for h in hits]
+        print(json.dumps({**summary_json(summary), "heatmap_hits": heatmap_hits}, indent=2))
     else:
-        print(format_summary(summary))
+        print(format_table(SUMMARY_COLUMNS, summary_rows(summary)))
+        print("\nHeatmap peaks in the reviewers' marks (Wilson 95 %), beside a flat map:")
+        print(format_table(HIT_COLUMNS, hit_rows(hits)))
     return 0
 
 

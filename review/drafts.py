@@ -1,7 +1,8 @@
 """A review as sent by the screen or the API, and its validation before it is stored.
 
-``draft_from_prediction`` fills the model's side from a prediction and the checkpoint config;
-``ReviewDraft.validate`` raises ``ReviewError`` saying what to change.
+``draft_from_prediction`` fills the model's side from a prediction and the checkpoint config,
+checks the reviewer's marks against the film and scores the heatmaps against them
+(``review.marks``); ``ReviewDraft.validate`` raises ``ReviewError`` saying what to change.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from explain.localization import Box
+from review.marks import MarkScores, parse_marks, score_marks
 from review.schema import MAX_REVIEWER
 
 if TYPE_CHECKING:
@@ -52,6 +55,9 @@ class ReviewDraft:
     note: str
     prediction_set: Sequence[str] | None = None  # the conformal set shown (None: no sets)
     set_alpha: float | None = None
+    marks: Sequence[Box] = ()  # film pixels, checked by ``review.marks.parse_marks``
+    no_finding: bool = False  # the reviewer sees no focal finding
+    scores: MarkScores | None = None  # the heatmaps against ``marks`` (None: no marks)
 
     @property
     def predicted_class(self) -> str:
@@ -132,18 +138,24 @@ def draft_from_prediction(
     reviewer: str,
     review_id: str | None = None,
     cam_method: str = "Grad-CAM",
+    marks: str | Sequence | None = None,
+    no_finding: bool = False,
 ) -> ReviewDraft:
     """A draft with the model's side filled in from ``prediction`` and the checkpoint config.
 
     An empty ``shown_class`` means the top class (what the screen shows first); an empty
-    ``review_id`` gets a fresh one.
+    ``review_id`` gets a fresh one. ``marks`` (JSON text or a list of boxes in the film's
+    pixels) are checked against the film (a ``ValueError`` saying what is wrong) and the shown
+    and top class's heatmaps scored against them.
     """
+    boxes = parse_marks(marks, *prediction.image.size, no_finding=bool(no_finding))
+    shown = shown_class or prediction.top_label
     return ReviewDraft(
         review_id=(review_id or "").strip() or new_review_id(),
         reviewer=reviewer,
         image_sha256=pixels_sha256(prediction.image.pixels),
         probabilities=prediction.confidences(),
-        shown_class=shown_class or prediction.top_label,
+        shown_class=shown,
         cam_method=cam_method,
         model_name=config.architecture,
         model_version=config.version,
@@ -155,6 +167,9 @@ def draft_from_prediction(
         note=note or "",
         prediction_set=prediction.prediction_set,
         set_alpha=prediction.set_alpha,
+        marks=boxes,
+        no_finding=bool(no_finding),
+        scores=score_marks(prediction, shown, boxes) if boxes else None,
     )
 
 

@@ -9,8 +9,20 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, Boolean, DateTime, Float, Integer, String, Text, UniqueConstraint
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    DateTime,
+    Float,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+    false,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from review.marks import marks_text
 
 MAX_REVIEWER = 200
 
@@ -46,6 +58,16 @@ class Review(Base):
     # The conformal set shown (class names; NULL: unknown, e.g. saved before sets existed).
     prediction_set: Mapped[list[str] | None] = mapped_column(JSON, nullable=True)
     set_alpha: Mapped[float | None] = mapped_column(Float, nullable=True)
+    # Where the reviewer sees the finding (``review.marks``): boxes [x0, y0, x1, y1] in the
+    # film's pixels (NULL: none), or no focal finding; neither: not marked.
+    marks: Mapped[list[list[float]] | None] = mapped_column(JSON, nullable=True)
+    no_finding: Mapped[bool] = mapped_column(Boolean, server_default=false())
+    # The heatmaps scored against the marks at save (``review.marks.MarkScores``; NULL: no marks).
+    hit_shown: Mapped[float | None] = mapped_column(Float, nullable=True)
+    hit_top: Mapped[float | None] = mapped_column(Float, nullable=True)
+    energy_shown: Mapped[float | None] = mapped_column(Float, nullable=True)
+    energy_top: Mapped[float | None] = mapped_column(Float, nullable=True)
+    energy_flat: Mapped[float | None] = mapped_column(Float, nullable=True)
 
     def as_row(self) -> dict[str, Any]:
         """The review as one flat row (History table and CSV export share ``ROW_COLUMNS``)."""
@@ -68,6 +90,18 @@ class Review(Base):
             self.image_sha256,
             self.image_path is not None,
             "" if self.prediction_set is None else "|".join(self.prediction_set),
+            marks_text(self.marks),
+            self.no_finding,
+            *(
+                "" if score is None else round(score, 4)
+                for score in (
+                    self.hit_shown,
+                    self.hit_top,
+                    self.energy_shown,
+                    self.energy_top,
+                    self.energy_flat,
+                )
+            ),
         )
         return dict(zip(ROW_COLUMNS, values, strict=True))
 
@@ -91,6 +125,13 @@ ROW_COLUMNS: tuple[str, ...] = (
     "image_sha256",
     "image_stored",
     "prediction_set",
+    "marks",
+    "no_focal_finding",
+    "hit_shown",
+    "hit_top",
+    "energy_shown",
+    "energy_top",
+    "energy_flat",
 )
 
 

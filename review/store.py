@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Sequence
+from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -157,6 +158,9 @@ class ReviewStore:
             note=draft.note,
             prediction_set=None if draft.prediction_set is None else list(draft.prediction_set),
             set_alpha=draft.set_alpha,
+            marks=[list(box) for box in draft.marks] or None,
+            no_finding=draft.no_finding,
+            **({} if draft.scores is None else asdict(draft.scores)),
         )
         try:
             with self._session.begin() as session:

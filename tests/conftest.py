@@ -34,6 +34,7 @@ from imaging.overlay import DEFAULT_COLORMAP, DEFAULT_OPACITY
 from model.checkpoint import save_checkpoint
 from model.config import CLASS_FOLDERS, ModelConfig
 from model.network import create_network
+from review.store import ReviewStore
 from serving.runtime import free_port
 from training.data import LUNG5
 
@@ -180,7 +181,8 @@ def client(app_url: str) -> Client:
 
 
 def predict_api(client: Client, path: Path) -> tuple:
-    """``/predict`` as the README shows it: (label, overlay path, shown class, notes)."""
+    """``/predict`` as the README shows it: (label, (film, overlay) paths, shown class, notes,
+    set line, lung line)."""
     return client.predict(
         handle_file(str(path)), DEFAULT_OPACITY, DEFAULT_COLORMAP, api_name="/predict"
     )
@@ -249,3 +251,16 @@ def new_database(server: str) -> str:
         connection.execute(text(f'CREATE DATABASE "{name}"'))
     admin.dispose()
     return server.rsplit("/", 1)[0] + f"/{name}"
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.slow)])
+def store(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch) -> Iterator[ReviewStore]:
+    """An empty, migrated review store: a fresh SQLite file, or a fresh database on the
+    server (a test module's own ``store`` fixture takes its place there)."""
+    monkeypatch.delenv("DATABASE_URL", raising=False)
+    url = None
+    if request.param == "postgresql":
+        url = new_database(request.getfixturevalue("postgres_server"))
+    opened = ReviewStore.open(tmp_path / "data", url)
+    yield opened
+    opened.close()

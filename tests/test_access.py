@@ -22,7 +22,7 @@ from review.auth import FREE_TRIES, LoginGuard
 from review.store import ReviewStore, pixels_sha256
 from serving.access import FileGate, OwnerFolders, http_login
 from tests.conftest import lung5_images
-from tests.test_review_store import make_draft
+from tests.review_drafts import make_draft
 from ui.common import owner_of
 from ui.history import HistoryHandlers
 from ui.review import ReviewHandlers
@@ -164,7 +164,21 @@ def test_a_locked_out_login_is_answered_429_with_the_wait():
 def review_args(path: Path, review_id: str, note: str = "") -> tuple:
     """``save_review``'s arguments up to the request: an agreeing review of the file at
     ``path`` under ``review_id``."""
-    return (str(path), None, "agree", None, 4, False, note, "dr-x", False, review_id, None)
+    return (
+        str(path),
+        None,
+        "agree",
+        None,
+        4,
+        False,
+        note,
+        "dr-x",
+        False,
+        review_id,
+        "",
+        False,
+        None,
+    )
 
 
 def test_another_login_neither_saves_over_nor_prints_a_review(predictor, store, folders):
@@ -206,11 +220,11 @@ def test_a_session_sending_a_stored_id_with_another_image_gets_nothing_to_print(
 def test_reopening_writes_the_pdf_and_image_into_the_requesters_folder(predictor, store, folders):
     reviews = ReviewHandlers(predictor.predict, lambda: predictor.config, store, "", folders)
     film = lung5_images()[2]
-    args = (str(film), None, "agree", None, 4, False, "", "dr-x", True, "case-3", None)
+    args = (str(film), None, "agree", None, 4, False, "", "dr-x", True, "case-3", "", False, None)
     reviews.save_review(*args, login("u"))
     history = HistoryHandlers(store, predictor.config.label_names, "", folders)
     for name in ("u", "v"):
-        pdf, image = map(Path, history.reopen("case-3", login(name)))
+        pdf, image = map(Path, history.reopen("case-3", login(name))[:2])
         assert pdf.read_bytes().startswith(b"%PDF") and pdf.name == "review-case-3.pdf"
         assert image.read_bytes() == store.image_file(store.get("case-3")).read_bytes()
         assert {folders.key_of(pdf), folders.key_of(image)} == {folders.key(f"user:{name}")}

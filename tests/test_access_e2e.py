@@ -14,8 +14,8 @@ from gradio_client import Client
 
 from review.store import ReviewStore
 from tests.conftest import lung5_images, start_app
+from tests.review_drafts import make_draft
 from tests.test_review_e2e import send
-from tests.test_review_store import make_draft
 
 pytestmark = pytest.mark.slow
 
@@ -82,10 +82,10 @@ def test_a_review_and_its_files_belong_to_the_login_that_made_them(two_logins):
         v.predict(0.45, "jet", api_name="/report")
     assert fetch(http_u, pdf).content == printed.content
 
-    pdf_again, image = map(served_path, u.predict(review_id, api_name="/reopen"))
+    pdf_again, image = map(served_path, u.predict(review_id, api_name="/reopen")[:2])
     assert fetch(http_u, pdf_again).status_code == fetch(http_u, image).status_code == 200
     assert fetch(http_v, pdf_again).status_code == fetch(http_v, image).status_code == 404
-    pdf_v, image_v = map(served_path, v.predict(review_id, api_name="/reopen"))
+    pdf_v, image_v = map(served_path, v.predict(review_id, api_name="/reopen")[:2])
     assert fetch(http_v, pdf_v).status_code == 200 and pdf_v != pdf_again
     assert fetch(http_u, image_v).status_code == 404
 

@@ -11,20 +11,24 @@ from types import SimpleNamespace
 
 import pytest
 from alembic import command
-from sqlalchemy import create_engine, text
+from sqlalchemy import create_engine
 
 from review.agreement import (
+    HIT_COLUMNS,
     SUMMARY_COLUMNS,
     Agreement,
     agreement_summary,
+    hit_rows,
+    hit_summary,
     main,
     summary_csv,
     summary_rows,
     wilson_interval,
 )
+from review.marks import MarkScores
 from review.report import prediction_set_text
 from review.store import ReviewStore, alembic_config
-from tests.test_review_store import LABELS, make_draft, store  # noqa: F401
+from tests.review_drafts import LABELS, insert_old_review, make_draft
 from ui.history import HistoryHandlers
 
 
@@ -82,7 +86,7 @@ def test_an_empty_store_gives_zero_cases_everywhere():
     assert tuple(parsed[0]) == SUMMARY_COLUMNS and len(parsed) == len(rows) + 1
 
 
-def test_the_set_is_stored_shown_and_counted(store):  # noqa: F811
+def test_the_set_is_stored_shown_and_counted(store):
     store.add(make_draft(review_id="a", prediction_set=["Tuberculosis", "Normal"], set_alpha=0.1))
     store.add(
         make_draft(
@@ -127,18 +131,7 @@ def test_a_bad_set_is_refused(changes, message):
 def test_old_rows_read_as_unknown_after_the_migration(tmp_path):
     engine = create_engine(f"sqlite:///{tmp_path / 'reviews.sqlite'}")
     command.upgrade(alembic_config(engine), "0001")
-    with engine.begin() as connection:
-        connection.execute(
-            text(
-                "INSERT INTO reviews (review_id, created_at, reviewer, image_sha256, "
-                "probabilities, predicted_class, shown_class, cam_method, model_name, "
-                "model_version, checkpoint_sha256, agrees, heatmap_usefulness, "
-                "heatmap_wrong_place, note) VALUES "
-                "('old', '2025-11-25 10:00:00', 'dr-a', :sha, '{\"Normal\": 1.0}', 'Normal', "
-                "'Normal', 'Grad-CAM', 'densenet201', 'v1', '', 1, 3, 0, '')"
-            ),
-            {"sha": "a" * 64},
-        )
+    insert_old_review(engine, "old")
     engine.dispose()
     opened = ReviewStore.open(tmp_path)  # upgrades to 0002
     (old,) = opened.list()
@@ -148,7 +141,7 @@ def test_old_rows_read_as_unknown_after_the_migration(tmp_path):
     opened.close()
 
 
-def test_cli_on_the_store(store, capsys):  # noqa: F811
+def test_cli_on_the_store(store, capsys):
     store.add(make_draft(review_id="a", prediction_set=["Tuberculosis"], set_alpha=0.1))
     url = store.engine.url.render_as_string(hide_password=False)
     assert main(["--database", url, "--data-dir", str(store.data_dir), "--json"]) == 0
@@ -168,3 +161,80 @@ def test_cli_without_a_store_says_so(tmp_path, monkeypatch, capsys):
     with pytest.raises(SystemExit) as stop:
         main(["--database", "nosuchdb://x", "--data-dir", str(tmp_path)])
     assert stop.value.code == 2 and "cannot open the review store" in capsys.readouterr().err
+
+
+def _marked(predicted, shown, hit_shown, hit_top, flat=0.1, version="v1", **extra):
+    return SimpleNamespace(
+        predicted_class=predicted,
+        shown_class=shown,
+        model_name="densenet201",
+        model_version=version,
+        hit_shown=hit_shown,
+        hit_top=hit_top,
+        energy_shown=None if hit_shown is None else 0.2 + 0.5 * hit_shown,
+        energy_top=None if hit_top is None else 0.2 + 0.5 * hit_top,
+        energy_flat=None if hit_shown is None else flat,
+        **extra,
+    )
+
+
+def test_heatmap_hits_per_map_class_and_model_with_wilson_and_the_flat_baseline():
+    reviews = [
+        _marked("Tuberculosis", "Tuberculosis", 1.0, 1.0, flat=0.1),
+        _marked("Tuberculosis", "Tuberculosis", 1.0, 1.0, flat=0.2),
+        _marked("Tuberculosis", "COVID-19", 0.0, 1.0, flat=0.3),
+        _marked("Normal", "Normal", 0.25, 0.25, flat=0.4, version="v2"),  # ties: a quarter in
+        _marked("Normal", "Normal", None, None),  # not marked: left out
+    ]
+    rows = {(h.hits.group, h.heatmap): h for h in hit_summary(reviews, LABELS)}
+    overall = rows["all marked reviews", "shown class"]
+    assert (overall.hits.cases, overall.hits.agree) == (4, 2)
+    assert (overall.hits.low, overall.hits.high) == pytest.approx(wilson_interval(2, 4))
+    assert overall.flat == pytest.approx((0.1 + 0.2 + 0.3 + 0.4) / 4)
+    assert overall.energy == pytest.approx((0.7 + 0.7 + 0.2 + 0.325) / 4)  # 0.2 + 0.5 × hit
+    top = rows["all marked reviews", "top class"]
+    assert (top.hits.cases, top.hits.agree) == (4, 3)
+    shown_tb, top_tb = (
+        rows["class Tuberculosis", "shown class"],
+        rows["class Tuberculosis", "top class"],
+    )
+    assert (shown_tb.hits.cases, shown_tb.hits.agree) == (2, 2)  # its shown map was TB's twice
+    assert (top_tb.hits.cases, top_tb.hits.agree) == (3, 3)  # TB was on top three times
+    covid = rows["class COVID-19", "shown class"]
+    assert (covid.hits.cases, covid.hits.agree, covid.flat) == (1, 0, pytest.approx(0.3))
+    never = rows["class Viral Pneumonia", "shown class"]
+    assert never.row() == ["class Viral Pneumonia", "shown class", 0, 0, "–", "–", "–", "–", "–"]
+    assert (rows["model densenet201 v1", "shown class"].hits.cases) == 3
+    assert (rows["model densenet201 v2", "top class"].hits.agree) == 0
+    assert [len(row) for row in hit_rows(list(rows.values()))] == [len(HIT_COLUMNS)] * len(rows)
+    assert list(rows)[: 2 + len(LABELS)] == [  # the shown class's map first, then the top's
+        ("all marked reviews", "shown class"),
+        *((f"class {name}", "shown class") for name in LABELS),
+        ("model densenet201 v1", "shown class"),
+    ]
+
+
+def test_cli_reports_the_heatmap_hits_beside_the_agreement(store, capsys):
+    scores = MarkScores(1.0, 0.0, 0.6, 0.1, 0.05)
+    store.add(make_draft(review_id="m", marks=[(1.0, 1.0, 20.0, 20.0)], scores=scores))
+    store.add(make_draft(review_id="n"))
+    url = store.engine.url.render_as_string(hide_password=False)
+    assert main(["--database", url, "--data-dir", str(store.data_dir), "--json"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["overall"]["cases"] == 2
+    first, *_ = printed["heatmap_hits"]
+    assert first == {
+        "group": "all marked reviews",
+        "heatmap": "shown class",
+        "marked": 1,
+        "hits": 1,
+        "hit_rate": 1.0,
+        "wilson_95_low": pytest.approx(wilson_interval(1, 1)[0]),
+        "wilson_95_high": 1.0,
+        "energy": 0.6,
+        "flat_map": 0.05,
+    }
+    assert main(["--database", url, "--data-dir", str(store.data_dir)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    header = [line.split() for line in lines].index(list(HIT_COLUMNS))
+    assert lines[header + 1].split()[:7] == ["all", "marked", "reviews", "shown", "class", "1", "1"]

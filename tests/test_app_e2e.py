@@ -21,7 +21,9 @@ pytestmark = pytest.mark.slow
 
 
 def test_predict_returns_five_confidences_and_a_full_size_overlay(client, real_image):
-    label, overlay_path, _, notes = predict_api(client, real_image)
+    label, (film_path, overlay_path), _, notes, set_line, lung_line = predict_api(
+        client, real_image
+    )
     confidences = {c["label"]: c["confidence"] for c in label["confidences"]}
     assert set(confidences) == {
         "Bacterial Pneumonia",
@@ -35,7 +37,10 @@ def test_predict_returns_five_confidences_and_a_full_size_overlay(client, real_i
     overlay = np.asarray(Image.open(overlay_path))
     assert overlay.shape[:2] == load_image(real_image).pixels.shape
     assert overlay.shape[2] == 3 and overlay.std() > 0
+    assert np.asarray(Image.open(film_path)).shape[:2] == overlay.shape[:2]  # before / after
     assert "512×512" in notes
+    assert "prediction set" in set_line.lower() and "prediction set" not in notes.lower()
+    assert "lies on the lungs" in lung_line or "Lung fields not found" in lung_line
 
 
 def test_bad_file_is_an_error_and_the_server_keeps_serving(client, real_image, tmp_path):
@@ -43,7 +48,7 @@ def test_bad_file_is_an_error_and_the_server_keeps_serving(client, real_image, t
     junk.write_bytes(b"this is not an image")
     with pytest.raises(Exception, match="not a readable image"):
         predict_api(client, junk)
-    label, _, _, _ = predict_api(client, real_image)
+    label = predict_api(client, real_image)[0]
     assert len(label["confidences"]) == 5
 
 
@@ -69,7 +74,7 @@ def test_examples_are_real_and_small():
 def test_predict_notes_give_every_class_share_on_the_lungs_and_outline_is_optional(
     client, real_image
 ):
-    label, plain_path, _, notes = predict_api(client, real_image)  # the README's 3 arguments
+    label, (_, plain_path), _, notes, _, _ = predict_api(client, real_image)  # 3 arguments
     listed = notes.split("Heatmap on the lungs")[1]
     for c in label["confidences"]:
         assert f"{c['label']} " in listed and " %" in listed
@@ -80,7 +85,7 @@ def test_predict_notes_give_every_class_share_on_the_lungs_and_outline_is_option
         False,
         True,
         api_name="/predict",
-    )[1]
+    )[1][1]
     plain = np.asarray(Image.open(plain_path)).astype(int)
     outlined = np.asarray(Image.open(outlined_path)).astype(int)
     changed = np.abs(outlined - plain).max(axis=2) > 60  # beyond JPEG noise
@@ -97,7 +102,7 @@ def test_readme_api_example_runs_as_written(app_url, capsys):
 
 
 def test_predict_returns_the_shown_class_as_a_string(client, real_image):
-    label, _, shown, _ = predict_api(client, real_image)
+    label, _, shown, *_ = predict_api(client, real_image)
     assert isinstance(shown, str) and shown == label["label"]
 
 
@@ -108,7 +113,7 @@ def test_an_uploaded_dicom_is_deleted_once_read_and_never_served_back(app_url, c
         answer = httpx.post(f"{app_url}gradio_api/upload", files={"files": (named.name, f)})
     stored = Path(answer.json()[0])  # where the upload route keeps it until a request reads it
     assert stored.is_file()
-    label, _, _, notes = predict_api(client, named)  # the same bytes: the same stored path
+    label, _, _, notes, *_ = predict_api(client, named)  # the same bytes: the same stored path
     assert not stored.exists()
     assert httpx.get(f"{app_url}gradio_api/file={stored}").status_code in (403, 404)
     uploads = stored.parents[1]  # the app's whole upload folder
@@ -129,7 +134,7 @@ def test_concurrent_requests_with_the_same_image_each_get_their_own_files(client
                       api_name="/predict")
         for _ in range(16)
     ]  # fmt: skip
-    overlays = [job.result(timeout=300)[1] for job in jobs]
+    overlays = [job.result(timeout=300)[1][1] for job in jobs]
     assert len(set(overlays)) == len(jobs)  # no file shared, so none rewritten while sent
     first = np.asarray(Image.open(overlays[0]))
     for path in overlays[1:]:

@@ -94,9 +94,7 @@ def test_concurrent_requests_through_the_server_equal_sequential_ones(tiny_check
 
         def ask(path):
             client = Client(url, verbose=False)
-            label, _, _, _ = client.predict(
-                handle_file(str(path)), 0.45, "jet", api_name="/predict"
-            )
+            label = client.predict(handle_file(str(path)), 0.45, "jet", api_name="/predict")[0]
             return {c["label"]: c["confidence"] for c in label["confidences"]}
 
         sequential = [ask(path) for path in images]

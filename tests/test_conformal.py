@@ -9,21 +9,19 @@ import numpy as np
 import pytest
 from crepes import ConformalClassifier
 
+from batch.prediction_rows import Row, write_csv
+from explain.verdict import NO_SETS, describe_set, set_caption
 from imaging.load import load_image
 from model.config import CONFIG_FILE, ModelConfig
 from model.conformal import (
-    NO_SETS,
     ConformalConfig,
     check_alpha,
     class_scores,
     conformal_rank,
     conformal_threshold,
-    describe_set,
     prediction_sets,
-    set_caption,
     true_class_scores,
 )
-from model.prediction_rows import Row, write_csv
 from model.predictor import Predictor
 from tests.conftest import lung5_images
 from training.calibrate import main as calibrate_main

@@ -1,8 +1,6 @@
-"""``evaluate`` on several folders, partial class folders, bad folders, and the shortcut audit."""
+"""``evaluate`` on several folders, partial class folders, bad folders, the shortcut audit and
+the lung share; label sets are in ``tests/test_label_sets.py``."""
 
-import csv
-import json
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -12,7 +10,8 @@ import pytest
 
 from model.config import CLASS_FOLDERS, CLASS_NAMES
 from model.predictor import Predictor
-from tests.conftest import LUNG5, REPO, lung5_images
+from tests.conftest import LUNG5, REPO
+from tests.evaluate_folders import lung5_folders, run_evaluate
 from training import evaluate
 from training.audit import VARIANTS, border_only, centre_only, equalised, predict_variants
 from training.data import ImageRecord
@@ -23,44 +22,7 @@ BLOCK_KEYS = {"n", "accuracy", "macro_auroc", "classes", "called"}
 
 @pytest.fixture(scope="module")
 def folders(tmp_path_factory):
-    """``full``: a split root, test/ with one lung5 image per class and lung5's manifest rows;
-    ``extra``: test/ with two Normal images only and no manifest (one source, "extra")."""
-    root = tmp_path_factory.mktemp("eval")
-    full, extra = root / "full", root / "extra"
-    with open(LUNG5 / "manifest.csv", newline="") as fh:
-        rows = {row["file"]: row for row in csv.DictReader(fh)}
-    kept = []
-    for path in lung5_images("test"):
-        name = f"test/{path.parent.name}/{path.name}"
-        (full / name).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy(path, full / name)
-        kept.append(rows[name])
-    with open(full / "manifest.csv", "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(kept[0]))
-        writer.writeheader()
-        writer.writerows(kept)
-    (extra / "test" / "NORMAL").mkdir(parents=True)
-    for path in sorted((LUNG5 / "test" / "Normal").iterdir())[-2:]:
-        shutil.copy(path, extra / "test" / "NORMAL" / path.name)
-    return full, extra
-
-
-def _run(tmp_path, checkpoint, *data, extra=()):
-    out = tmp_path / "out"
-    evaluate.main(
-        [
-            "--model",
-            str(checkpoint),
-            "--data",
-            *map(str, data),
-            "--split",
-            "test",
-            "--out",
-            str(out),
-            *extra,
-        ]
-    )
-    return json.loads((out / "metrics.json").read_text()), out
+    return lung5_folders(tmp_path_factory.mktemp("eval"))
 
 
 def test_sources_come_from_manifests_or_the_folder_name(folders):
@@ -71,7 +33,7 @@ def test_sources_come_from_manifests_or_the_folder_name(folders):
 
 
 def test_a_folder_with_only_some_classes_scores_those(folders, tiny_checkpoint, tmp_path):
-    metrics, out = _run(tmp_path, tiny_checkpoint, folders[1], extra=["--no-audit"])
+    metrics, out = run_evaluate(tmp_path, tiny_checkpoint, folders[1], extra=["--no-audit"])
     assert metrics["calibrated"]["n"] == 2 and 0 <= metrics["accuracy"] <= 1
     assert metrics["macro_f1"] is None and metrics["macro_auroc"] is None
     assert metrics["bacterial_vs_viral_auroc"] is None and "audit" not in metrics
@@ -161,7 +123,7 @@ def test_audit_images_go_through_predict_many(tiny_checkpoint, monkeypatch):
 
 @pytest.mark.slow
 def test_end_to_end_evaluate_writes_the_audit(folders, tiny_checkpoint, tmp_path, capsys):
-    metrics, out = _run(tmp_path, tiny_checkpoint, *folders)
+    metrics, out = run_evaluate(tmp_path, tiny_checkpoint, *folders)
     audit = metrics["audit"]
     assert audit["centre_fraction"] == 0.7
     assert list(audit["overall"]) == list(VARIANTS) == list(audit["variants"])
@@ -220,7 +182,7 @@ def test_lung_share_section_has_exact_figures_per_group():
 def test_evaluate_writes_the_lung_share_section_and_plot(
     folders, tiny_checkpoint, tmp_path, capsys
 ):
-    metrics, out = _run(tmp_path, tiny_checkpoint, *folders, extra=["--no-audit"])
+    metrics, out = run_evaluate(tmp_path, tiny_checkpoint, *folders, extra=["--no-audit"])
     section = metrics["lung_share"]
     assert section["low_share"] == 0.5 and section["segmenter"].startswith("lung segmenter")
     assert set(section["overall"]) == LUNG_BLOCK_KEYS and section["overall"]["n"] == 7
@@ -232,124 +194,3 @@ def test_evaluate_writes_the_lung_share_section_and_plot(
         assert set(block) == LUNG_BLOCK_KEYS and sum(block["histogram"]) == block["lungs_found"]
     assert (out / "lung_share.png").stat().st_size > 5000
     assert "Heatmap on the lungs" in capsys.readouterr().out
-
-
-# File name → (class folder, view, source, top class the stub predictor gives it).
-MIXED = {
-    "s0.png": ("Pneumonia", "AP", "rsna", 0),  # Bacterial: right for the set
-    "s1.png": ("Pneumonia", "AP", "rsna", 4),  # Viral: right
-    "s2.png": ("Pneumonia", "PA", "rsna", 2),  # Normal: wrong
-    "s3.png": ("Pneumonia", "AP", "other", 1),  # COVID-19: wrong
-    "b0.png": ("Bacterial Pneumonia", "PA", "kids", 0),
-    "n0.png": ("Normal", "PA", "kids", 2),
-    "n1.png": ("Normal", "PA", "kids", 4),  # a Normal called Viral
-}
-
-
-@pytest.fixture(scope="module")
-def mixed(tmp_path_factory):
-    """test/ with four ``Pneumonia`` (label set) images and three single-label ones, real
-    lung5 films, and a manifest naming view and source."""
-    root = tmp_path_factory.mktemp("mixed") / "adult"
-    films = iter(lung5_images("test", per_class=2))
-    rows = []
-    for name, (folder, view, source, _) in MIXED.items():
-        (root / "test" / folder).mkdir(parents=True, exist_ok=True)
-        shutil.copy(next(films), root / "test" / folder / name)
-        rows.append(
-            {
-                "file": f"test/{folder}/{name}",
-                "split": "test",
-                "label": folder,
-                "patient_id": name[:2],
-                "view": view,
-                "source": source,
-            }
-        )
-    with open(root / "manifest.csv", "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    return root
-
-
-def _stub_logits(monkeypatch):
-    """``predict_variants`` whose top class per file is MIXED's, the same under every edit."""
-
-    def stub(predictor, records, variants, batch_size=16, lungs=None):
-        logits = np.zeros((len(records), 5))
-        for row, record in enumerate(records):
-            logits[row, MIXED[record.path.name][3]] = 3.0
-        if lungs is not None:
-            lungs.extend((True, 0.5) for _ in records)
-        return {name: logits for name in variants}, list(records), []
-
-    monkeypatch.setattr(evaluate, "predict_variants", stub)
-
-
-def test_a_set_image_is_right_when_its_top_class_is_either_pneumonia(
-    mixed, tiny_checkpoint, tmp_path, monkeypatch, capsys
-):
-    _stub_logits(monkeypatch)
-    metrics, _ = _run(tmp_path, tiny_checkpoint, mixed)
-    sets = metrics["label_sets"]
-    assert sets["sets"] == {"Bacterial Pneumonia or Viral Pneumonia": 4}
-    assert sets["n"] == 4 and sets["accuracy"] == 0.5
-    p = evaluate.softmax(np.array([[3.0, 0, 0, 0, 0]]), metrics["temperature"])[0]
-    assert sets["set_probability"] == pytest.approx((2 * (p[0] + p[4]) + 2 * 2 * p[4]) / 4)
-    assert sets["called"] == {
-        "Bacterial Pneumonia": 0.25,
-        "COVID-19": 0.25,
-        "Normal": 0.25,
-        "Tuberculosis": 0.0,
-        "Viral Pneumonia": 0.25,
-    }
-    assert {v: (b["n"], b["accuracy"]) for v, b in sets["per_view"].items()} == {
-        "AP": (3, pytest.approx(2 / 3)),
-        "PA": (1, 0.0),
-    }
-    assert {s: (b["n"], b["accuracy"]) for s, b in sets["per_source"].items()} == {
-        "other": (1, 0.0),
-        "rsna": (3, pytest.approx(2 / 3)),
-    }
-    # per-class metrics see the three single-label images only
-    calibrated = metrics["calibrated"]
-    assert calibrated["n"] == 3 and metrics["accuracy"] == pytest.approx(2 / 3)
-    assert calibrated["per_class"]["Bacterial Pneumonia"]["support"] == 1
-    assert calibrated["per_class"]["Bacterial Pneumonia"]["sensitivity"] == 1.0
-    assert calibrated["per_class"]["Viral Pneumonia"]["support"] == 0
-    assert calibrated["per_class"]["Viral Pneumonia"]["ppv"] == 0.0  # only n1, a Normal
-    assert np.sum(calibrated["confusion_matrix"]) == 3
-    assert list(metrics["per_source"]) == ["kids"] and metrics["per_source"]["kids"]["n"] == 3
-    assert metrics["audit"]["overall"]["clean"]["n"] == 3
-    assert metrics["lung_share"]["overall"]["n"] == 3
-    lines = [line for line in capsys.readouterr().out.splitlines() if "Label sets" in line]
-    assert lines == [
-        "Label sets (Bacterial Pneumonia or Viral Pneumonia): n=4, top class in the "
-        f"set 0.500, mean p(set) {sets['set_probability']:.3f}; per view AP 0.67 "
-        "(n=3), PA 0.00 (n=1); called Bacterial Pneumonia 25%, COVID-19 25%, "
-        "Normal 25%, Viral Pneumonia 25%"
-    ]
-
-
-def test_a_folder_of_label_sets_only_still_writes_metrics(
-    mixed, tiny_checkpoint, tmp_path, monkeypatch
-):
-    only = tmp_path / "only"
-    shutil.copytree(mixed / "test" / "Pneumonia", only / "test" / "pneumonia")
-    _stub_logits(monkeypatch)
-    metrics, out = _run(tmp_path, tiny_checkpoint, only, extra=["--no-audit"])
-    assert metrics["label_sets"]["n"] == 4 and metrics["label_sets"]["accuracy"] == 0.5
-    assert metrics["label_sets"]["per_view"]["unknown"]["n"] == 4  # no manifest: no view
-    assert metrics["calibrated"] is None and metrics["accuracy"] is None
-    assert not (out / "confusion_matrix.png").exists()
-
-
-def test_evaluate_mixes_label_set_folders_with_lung5_folders(
-    mixed, folders, tiny_checkpoint, tmp_path
-):
-    metrics, _ = _run(tmp_path, tiny_checkpoint, mixed, *folders, extra=["--no-audit"])
-    assert metrics["label_sets"]["n"] == 4 and 0 <= metrics["label_sets"]["accuracy"] <= 1
-    assert 0 < metrics["label_sets"]["set_probability"] < 1
-    assert metrics["calibrated"]["n"] == 3 + 7
-    assert sum(b["n"] for b in metrics["label_sets"]["per_source"].values()) == 4

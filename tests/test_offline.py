@@ -65,7 +65,7 @@ def test_the_app_makes_no_call_out_from_start_to_a_prediction(real_image, tmp_pa
     process, port = launch_app(BUNDLED_MODEL, env=env)
     try:
         url = wait_for_app(process, port, timeout=300)
-        label, _, _, _ = predict_api(Client(url, verbose=False), real_image)
+        label = predict_api(Client(url, verbose=False), real_image)[0]
         assert len(label["confidences"]) == 5  # both processes are up, the model loaded
         time.sleep(2)  # threads started at launch (analytics, version checks) have run
     finally:

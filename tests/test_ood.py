@@ -9,16 +9,17 @@ import numpy as np
 import pytest
 import torch
 
+from explain.verdict import guard_sentence
 from imaging.image import LoadedImage
 from imaging.load import load_image
 from model import ood
 from model.config import ModelConfig
 from model.lungs import LungMask
-from model.ood import OODCheck, assess, check_image, describe
+from model.ood import OODCheck, assess, check_image
 from model.predictor import Predictor
 from serving.runtime import free_port
 from tests.conftest import BUNDLED_MODEL, LUNG5, REPO, lung5_images
-from training import ood_fit
+from training import non_chest, ood_fit
 from training.ood_fit import fit_feature_stats
 
 
@@ -183,7 +184,7 @@ def test_assess_counts_no_lung_fields_as_evidence(gaussian_stats):
     default = assess(gray(), near, stats, _lungs(False))
     assert default.warn == (check.score > ood.NO_LUNGS_SCORE)
     far = assess(gray(), stats.mean + 50 * stats.basis[0], stats, _lungs(False))
-    assert len(far.reasons) == 2 and ood.NO_LUNGS_REASON in describe(far)
+    assert len(far.reasons) == 2 and ood.NO_LUNGS_REASON in guard_sentence(far)
     assert assess(gray(), None, None, _lungs(False)).reasons == [ood.NO_LUNGS_REASON]
 
 
@@ -198,8 +199,8 @@ def test_predictor_passes_the_lung_fields_to_the_guard(tiny_checkpoint):
 
 
 def test_describe():
-    assert describe(OODCheck()) == ""
-    text = describe(OODCheck(["the upload is in colour"]))
+    assert guard_sentence(OODCheck()) == ""
+    text = guard_sentence(OODCheck(["the upload is in colour"]))
     assert text.startswith("This may not be a frontal chest X-ray") and "in colour" in text
 
 
@@ -221,7 +222,7 @@ def test_predictor_returns_pooled_features_of_the_same_forward(tiny_checkpoint):
 
 
 def test_non_chest_images_cover_every_kind():
-    kinds = [kind for kind, _ in ood_fit.non_chest_images(per_kind=2)]
+    kinds = [kind for kind, _ in non_chest.non_chest_images(per_kind=2)]
     for wanted in ("skimage.page", "sklearn.sample", "generated.ct-slice", "generated.hand-xray"):
         assert wanted in kinds
     assert len(kinds) == 23 + 2 + 5 * 2
@@ -244,7 +245,7 @@ def test_fit_then_measure_cli(tiny_checkpoint, tmp_path, capsys):
     whole = section["whole_image"]
     assert whole["segmenter_sha256"] == predictor.segmenter.weights_sha256
     assert len(whole["basis"]) == 8 and predictor.whole_image_stats is not None
-    check = predictor.predict(ood_fit.as_upload(np.asarray(gray().pixels))).ood
+    check = predictor.predict(non_chest.as_upload(np.asarray(gray().pixels))).ood
     assert check.score > 0 and check.whole_image_score > 0
 
     out = tmp_path / "measure.json"
@@ -269,11 +270,11 @@ def test_fit_then_measure_cli(tiny_checkpoint, tmp_path, capsys):
 
 @pytest.mark.slow
 def test_bundled_guard_warns_on_every_kind_of_non_chest_image():
-    """The crop-only guard let CT slices and hand/knee radiographs through (the segmenter
+    """CT slices and hand/knee radiographs pass a guard that sees only the crop (the segmenter
     draws "lungs" on them); seen whole, each generated kind and each package sample warns."""
     predictor = Predictor.load(str(BUNDLED_MODEL), "cpu")
-    kinds, arrays = zip(*ood_fit.non_chest_images(seed=1, per_kind=2), strict=True)
-    predictions = predictor.predict_many([ood_fit.as_upload(a) for a in arrays])
+    kinds, arrays = zip(*non_chest.non_chest_images(seed=1, per_kind=2), strict=True)
+    predictions = predictor.predict_many([non_chest.as_upload(a) for a in arrays])
     missed = [kind for kind, p in zip(kinds, predictions, strict=True) if not p.ood.warn]
     assert missed == []
     hard = [p for k, p in zip(kinds, predictions, strict=True) if k.endswith(("ct-slice", "xray"))]

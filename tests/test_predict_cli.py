@@ -15,8 +15,9 @@ from PIL import Image
 from pydicom.dataset import FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
 
+from batch.inputs import expand_inputs
+from batch.predict import CSV_NAME, main
 from imaging.load import load_image
-from model.predict import CSV_NAME, expand_inputs, main
 from model.predictor import Predictor
 from tests.conftest import REPO, lung5_images
 
@@ -137,7 +138,7 @@ def test_results_do_not_depend_on_batch_size(inputs, tiny_checkpoint, tmp_path, 
 @pytest.mark.slow
 def test_runs_as_a_module_and_exits_zero_when_all_succeed(inputs, tiny_checkpoint, tmp_path):
     out = tmp_path / "module"
-    command = [sys.executable, "-m", "model.predict", str(inputs["pngs"]), "--out", str(out)]
+    command = [sys.executable, "-m", "batch.predict", str(inputs["pngs"]), "--out", str(out)]
     result = subprocess.run(
         [*command, "--model", str(tiny_checkpoint)],
         cwd=REPO,

@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import model
-from model.predict import RAY_MISSING, main
-from model.prediction_rows import CSV_NAME, csv_header
+import batch
+from batch.predict import RAY_MISSING, main
+from batch.prediction_rows import CSV_NAME, csv_header
 from tests.bad_inputs import write_bad_inputs
 from tests.conftest import lung5_images
 
@@ -80,7 +80,7 @@ def same_at_csv_precision(got: str, want: str) -> bool:
 @pytest.mark.parametrize(
     ("got", "want", "same"),
     [
-        ("0.5121", "0.5122", True),  # the issue's pair: one step apart after rounding
+        ("0.5121", "0.5122", True),  # one step apart after rounding
         ("0.5121", "0.5123", False),
         ("0.123456", "0.123466", True),
         ("0.123456", "0.123486", False),
@@ -125,7 +125,7 @@ def test_decode_and_actor_without_overlays_in_process(
 ):
     """The two stages as plain calls (no cluster): a bad file's reason passes through, and
     without overlay names no overlay is drawn."""
-    from model.predict_ray import Job, PredictActor, decode
+    from batch.predict_ray import Job, PredictActor, decode
 
     paths = [inputs[0], inputs[7]]  # a film, then empty.png
     batch = {"index": np.arange(2), "path": np.array(paths), "source": np.array(paths)}
@@ -142,8 +142,8 @@ def test_missing_ray_is_one_line_naming_the_install_command(
     monkeypatch, inputs, tiny_checkpoint, tmp_path, capsys
 ):
     monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` now fails as if not installed
-    monkeypatch.delitem(sys.modules, "model.predict_ray", raising=False)
-    monkeypatch.delattr(model, "predict_ray", raising=False)  # so it is imported again
+    monkeypatch.delitem(sys.modules, "batch.predict_ray", raising=False)
+    monkeypatch.delattr(batch, "predict_ray", raising=False)  # so it is imported again
     argv = [inputs[0], "--out", str(tmp_path), "--model", str(tiny_checkpoint), "--engine", "ray"]
     assert main(argv) == 2
     err = capsys.readouterr().err
@@ -155,8 +155,8 @@ def test_missing_ray_is_one_line_naming_the_install_command(
 def test_actor_saves_the_same_heatmaps_as_the_local_engine(
     ray_module, inputs, tiny_checkpoint, tmp_path
 ):
-    from model.predict_ray import Job, PredictActor, decode
-    from model.prediction_rows import save_heatmaps
+    from batch.predict_ray import Job, PredictActor, decode
+    from batch.prediction_rows import save_heatmaps
 
     batch = {"index": np.arange(1), "path": np.array(inputs[:1]), "source": np.array(inputs[:1])}
     decoded = decode({**batch, "overlay": np.array([""]), "heatmap": np.array(["film.npz"])})

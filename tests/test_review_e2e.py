@@ -3,6 +3,7 @@ retries, bad input, opt-in image storage, login names, the PDF and CSV exports."
 
 from __future__ import annotations
 
+import json
 import signal
 import threading
 import time
@@ -41,6 +42,8 @@ def send(client: Client, image: Path, review_id: str, **changes) -> str:
         "reviewer": "dr-e2e",
         "store_image": False,
         "review_id": review_id,
+        "marks": "",
+        "no_finding": False,
         **changes,
     }
     return client.submit(**fields, api_name="/review").result(timeout=120)
@@ -143,6 +146,8 @@ def test_login_is_required_and_the_login_name_is_the_reviewer(login_server, alic
         ({"heatmap_usefulness": 9}, r"9 \(type: .*\) is not in the list of choices"),
         ({"shown_class": "Lupus"}, "Lupus is not in the list of choices"),
         ({"review_id": "has spaces"}, "review_id 'has spaces' must be"),
+        ({"marks": "[[0, 0, 9999, 10]]"}, r"mark 1 \[0, 0, 9999, 10\] lies outside the 512×512"),
+        ({"marks": "[[10, 10, 40, 40]]", "no_finding": True}, "sent with 'no focal finding'"),
     ],
 )
 def test_bad_review_is_a_clear_error_and_the_server_keeps_serving(
@@ -210,3 +215,21 @@ def test_exposed_server_without_login_refuses_reviews_and_exports(tiny_checkpoin
     store = ReviewStore.open(tmp_path / "d")
     assert store.list() == []
     store.close()
+
+
+def test_marks_through_the_api_are_scored_stored_reopened_and_exported(
+    login_server, alice, real_image
+):
+    box = [100, 120, 300, 360]
+    status = send(alice, real_image, "marked", marks=json.dumps([box]), store_image=True)
+    assert status.startswith("Saved: review `marked`")
+    assert "The heatmap's peak lies in your mark." in status or "outside your marks" in status
+    store = ReviewStore.open(login_server[1])
+    review = store.get("marked")
+    store.close()
+    assert review.marks == [box] and review.hit_shown is not None
+    assert ("lies in your mark" in status) == (review.hit_shown >= 0.5)
+    _, image, marks, no_finding = alice.predict("marked", api_name="/reopen")
+    assert json.loads(marks) == [box] and no_finding is False and image is not None
+    csv_path = Path(alice.predict("All", "All", "alice", api_name="/export_csv"))
+    assert '"[[100, 120, 300, 360]]"' in csv_path.read_text()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import os
 import re
 import shutil
@@ -15,11 +16,12 @@ import pytest
 from PIL import Image
 
 from imaging.load import load_image
-from imaging.overlay import overlay
-from review.report import reviews_csv, write_case_report, write_reviews_csv
+from imaging.overlay import MARK_COLOR, overlay
+from review.marks import MarkScores
+from review.report import CaseReport, reviews_csv, write_case_report, write_reviews_csv
 from review.store import ROW_COLUMNS, ReviewStore, pixels_sha256
 from tests.conftest import lung5_images
-from tests.test_review_store import make_draft
+from tests.review_drafts import make_draft
 
 DISCLAIMER = "**Research demo — not a diagnostic device.** Not medical advice."
 
@@ -67,7 +69,7 @@ def test_pdf_first_page_shows_images_probabilities_review_and_disclaimer(
     pixels = _case(size)
     drawn = overlay(pixels, _heatmap(pixels), 0.5, "jet")
     review, _ = store.add(make_draft(image_sha256=pixels_sha256(pixels), **changes))
-    pdf = write_case_report(tmp_path / "case.pdf", review, pixels, drawn, DISCLAIMER)
+    pdf = write_case_report(tmp_path / "case.pdf", CaseReport(review, DISCLAIMER, pixels, drawn))
 
     subprocess.run(
         [
@@ -174,8 +176,8 @@ def test_csv_file_is_named_by_content_inside_the_folder(store, tmp_path):
 def test_pdf_states_the_heatmaps_share_on_the_lungs(store, tmp_path, found):
     """The report handler puts every class's on-lung share (or "lung fields not found") and the
     off-lungs warning into the PDF."""
+    from explain import verdict
     from imaging.image import LoadedImage
-    from model import lung_share
     from model.config import ModelConfig
     from model.lungs import LungMask
     from model.prediction import Prediction
@@ -202,7 +204,7 @@ def test_pdf_states_the_heatmaps_share_on_the_lungs(store, tmp_path, found):
     )
     assert "Lung fields" in text
     if found:
-        share = lung_share.percent(prediction.lung_share(3))
+        share = verdict.percent(prediction.lung_share(3))
         assert f"Tuberculosis {share}" in text and "Heatmap on the lungs" in text
         assert "Warning: Only" in text and "markers, borders, devices" in text
     else:
@@ -215,9 +217,8 @@ def test_pdf_headlines_the_warning_and_labels_never_touch_values(store, tmp_path
     drawn = overlay(pixels, _heatmap(pixels), 0.5, "jet")
     review, _ = store.add(make_draft(image_sha256=pixels_sha256(pixels), heatmap_usefulness=None))
     reasons = ["This may not be a frontal chest X-ray — the upload is in colour."]
-    pdf = write_case_report(
-        tmp_path / "w.pdf", review, pixels, drawn, DISCLAIMER, "Not a chest X-ray?", reasons
-    )
+    warned = CaseReport(review, DISCLAIMER, pixels, drawn, "jet", "Not a chest X-ray?", reasons)
+    pdf = write_case_report(tmp_path / "w.pdf", warned)
     text = subprocess.run(
         [pdftotext, "-layout", str(pdf), "-"], check=True, capture_output=True, text=True
     ).stdout
@@ -228,5 +229,85 @@ def test_pdf_headlines_the_warning_and_labels_never_touch_values(store, tmp_path
         for label in ("Heatmap in the wrong place", "Checkpoint sha256", "Image sha256"):
             if label in line:
                 assert line.split(label, 1)[1].startswith("  "), line
-    reopened = write_case_report(tmp_path / "r.pdf", review, None, None, DISCLAIMER)
+    reopened = write_case_report(tmp_path / "r.pdf", CaseReport(review, DISCLAIMER))
     assert reopened.read_bytes().startswith(b"%PDF")
+
+
+def _render(pdf: Path, out: Path, dpi: int = 100) -> np.ndarray:
+    pdftoppm = _poppler("pdftoppm")
+    subprocess.run(
+        [pdftoppm, "-png", "-r", str(dpi), "-f", "1", "-l", "1", "-singlefile", str(pdf), str(out)],
+        check=True,
+    )
+    return np.asarray(Image.open(out.with_suffix(".png")).convert("RGB")).astype(int)
+
+
+def _mark_coloured(page: np.ndarray) -> np.ndarray:
+    """Pixels of the marks' colour (``imaging.overlay.MARK_COLOR``, cyan) on a rendered page."""
+    red, green, blue = page[..., 0], page[..., 1], page[..., 2]
+    target = np.array(MARK_COLOR)
+    near = np.abs(page - target).max(axis=2) < 70
+    return near & (green - red > 120) & (blue - red > 120)
+
+
+MARKED = MarkScores(hit_shown=1.0, hit_top=0.0, energy_shown=0.55, energy_top=0.2, energy_flat=0.1)
+
+
+def test_pdf_draws_the_marks_on_the_film_and_the_overlay(store, tmp_path):
+    """The reviewer's box is drawn in the marks' colour where it is on the film (its shape
+    kept), on both pictures, and the PDF lists the marks and the heatmap's scores."""
+    pixels = _case((400, 300))  # wider than high: x and y cannot be swapped unnoticed
+    drawn = overlay(pixels, _heatmap(pixels), 0.5, "inferno")  # inferno holds no cyan
+    box = (40.0, 60.0, 240.0, 160.0)
+    sha = pixels_sha256(pixels)
+    plain, _ = store.add(make_draft(image_sha256=sha))
+    marked, _ = store.add(make_draft(image_sha256=sha, marks=[box], scores=MARKED))
+    pages = {}
+    for name, review in (("plain", plain), ("marked", marked)):
+        report = CaseReport(review, DISCLAIMER, pixels, drawn, "inferno")
+        pages[name] = _render(write_case_report(tmp_path / f"{name}.pdf", report), tmp_path / name)
+    middle = pages["plain"].shape[1] // 2
+    before, after = _mark_coloured(pages["plain"]), _mark_coloured(pages["marked"])
+    assert not before[:, :middle].any(), "the plain film has no mark colour"
+    for half in (slice(0, middle), slice(middle, None)):  # the film, then the overlay
+        added = after[:, half] & ~before[:, half]
+        assert added.sum() > 200, f"no mark drawn ({added.sum()} px)"
+        rows, cols = np.nonzero(added)
+        aspect = (cols.max() - cols.min()) / (rows.max() - rows.min())
+        assert aspect == pytest.approx((box[2] - box[0]) / (box[3] - box[1]), rel=0.15)
+    text = " ".join(
+        subprocess.run(
+            [_poppler("pdftotext"), str(tmp_path / "marked.pdf"), "-"],
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout.split()
+    )
+    assert "Marks drawn on the film; film pixels x0, y0, x1, y1: [[40, 60, 240, 160]]" in text
+    assert "Heatmap peak in marks yes for Tuberculosis (shown)" in text
+    assert "55% for Tuberculosis; a flat map: 10%" in text
+
+
+def test_pdf_of_a_review_without_marks_says_none_or_no_finding(store, tmp_path):
+    pdftotext = _poppler("pdftotext")
+    for review_id, no_finding, expected in (("a", False, "Marks none"), ("b", True, "no focal")):
+        review, _ = store.add(make_draft(review_id=review_id, no_finding=no_finding))
+        pdf = write_case_report(tmp_path / f"{review_id}.pdf", CaseReport(review, DISCLAIMER))
+        out = subprocess.run([pdftotext, str(pdf), "-"], check=True, capture_output=True, text=True)
+        text = " ".join(out.stdout.split())
+        assert expected in text and "Heatmap peak in marks" not in text
+
+
+def test_csv_holds_the_marks_quoted_and_the_scores(store):
+    boxes = [(10.0, 20.0, 110.5, 140.0), (0.0, 0.0, 5.0, 5.0)]
+    store.add(make_draft(review_id="m", marks=boxes, scores=MARKED))
+    store.add(make_draft(review_id="n", no_finding=True))
+    text = reviews_csv(store.list())
+    assert '"[[10, 20, 110.5, 140], [0, 0, 5, 5]]"' in text  # commas inside: one quoted cell
+    rows = {row["review_id"]: row for row in csv.DictReader(io.StringIO(text))}
+    marked, none = rows["m"], rows["n"]
+    assert json.loads(marked["marks"]) == [list(box) for box in boxes]
+    assert (marked["no_focal_finding"], none["no_focal_finding"]) == ("False", "True")
+    assert float(marked["hit_shown"]) == MARKED.hit_shown
+    assert float(marked["energy_flat"]) == MARKED.energy_flat
+    assert none["marks"] == none["hit_shown"] == none["energy_top"] == ""

@@ -6,67 +6,24 @@ The server is ``tests/conftest.py``'s ``postgres_server``; each test gets a fres
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import numpy as np
 import pytest
-from alembic.autogenerate import compare_metadata
-from alembic.migration import MigrationContext
-from alembic.script import ScriptDirectory
 from PIL import Image
 
 from imaging.image import LoadedImage
 from model.config import ModelConfig
 from model.prediction import Prediction
 from review.store import (
-    Base,
-    ReviewDraft,
     ReviewError,
     ReviewStore,
-    alembic_config,
     draft_from_prediction,
     new_review_id,
     pixels_sha256,
     resolve_database_url,
 )
-from tests.conftest import new_database
-
-LABELS = ["Bacterial Pneumonia", "COVID-19", "Normal", "Tuberculosis", "Viral Pneumonia"]
-PIXELS = np.arange(64 * 80, dtype=np.uint32).reshape(64, 80).astype(np.uint8)
-
-
-@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.slow)])
-def store(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch) -> Iterator[ReviewStore]:
-    """An empty, migrated store: a fresh SQLite file, or a fresh database on the server."""
-    monkeypatch.delenv("DATABASE_URL", raising=False)
-    url = None
-    if request.param == "postgresql":
-        url = new_database(request.getfixturevalue("postgres_server"))
-    opened = ReviewStore.open(tmp_path / "data", url)
-    yield opened
-    opened.close()
-
-
-def make_draft(**changes) -> ReviewDraft:
-    fields = {
-        "review_id": new_review_id(),
-        "reviewer": "dr-a",
-        "image_sha256": pixels_sha256(PIXELS),
-        "probabilities": dict(zip(LABELS, [0.05, 0.1, 0.15, 0.6, 0.1], strict=True)),
-        "shown_class": "Tuberculosis",
-        "cam_method": "Grad-CAM",
-        "model_name": "densenet201",
-        "model_version": "lung5-v1",
-        "checkpoint_sha256": "c" * 64,
-        "agreement": "agree",
-        "correct_class": None,
-        "heatmap_usefulness": 4,
-        "heatmap_wrong_place": False,
-        "note": "",
-    }
-    return ReviewDraft(**{**fields, **changes})
+from tests.review_drafts import LABELS, PIXELS, make_draft
 
 
 def test_round_trip_keeps_every_field(store):
@@ -170,18 +127,6 @@ def test_opted_in_image_is_a_png_with_the_same_pixel_hash(store):
     assert store.image_file(hashed_only) is None
     with pytest.raises(ReviewError, match="does not match image_sha256"):
         store.add(make_draft(), PIXELS[::-1])
-
-
-def test_migrations_build_exactly_the_models_and_reopening_is_a_no_op(store):
-    head = ScriptDirectory.from_config(alembic_config(store.engine)).get_current_head()
-    with store.engine.connect() as connection:
-        context = MigrationContext.configure(connection)
-        assert context.get_current_revision() == head
-        assert compare_metadata(context, Base.metadata) == []
-    store.add(make_draft(review_id="kept"))
-    again = ReviewStore.open(store.data_dir, store.engine.url.render_as_string(False))
-    assert [r.review_id for r in again.list()] == ["kept"]
-    again.close()
 
 
 def test_sqlite_runs_in_wal_mode_with_full_sync(tmp_path, monkeypatch):

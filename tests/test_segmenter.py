@@ -13,10 +13,11 @@ import pytest
 import torch
 from PIL import Image
 
+from batch.segment import CSV_NAME, main
 from imaging.load import load_image
+from model.checkpoint import WEIGHTS_FILE, CheckpointNotFound, file_sha256
 from model.crop import lung_box
 from model.lungs import heatmap_share_on_lungs
-from model.segment import CSV_NAME, main
 from model.segmenter import (
     DEFAULT_SEGMENTER,
     LungSegmenter,
@@ -130,6 +131,25 @@ def test_load_refuses_missing_files_and_foreign_weights(tmp_path: Path) -> None:
     (copy / "config.json").write_text(json.dumps(config))
     with pytest.raises(ValueError, match="do not belong together"):
         LungSegmenter.load(copy)
+
+
+def test_save_and_load_keep_weights_and_config_in_the_checkpoint_folder_format(
+    tmp_path: Path,
+) -> None:
+    """The classifier's folder I/O (``model.checkpoint``): the same two files, the config
+    recording the weights' sha256; a missing file is a ``CheckpointNotFound``."""
+    original = LungSegmenter.load()
+    folder = original.save(tmp_path / "copy")
+    assert sorted(p.name for p in folder.iterdir()) == ["config.json", WEIGHTS_FILE]
+    loaded = LungSegmenter.load(folder)
+    assert loaded.config == original.config
+    assert loaded.weights_sha256 == file_sha256(folder / WEIGHTS_FILE)
+    before, after = original.network.state_dict(), loaded.network.state_dict()
+    assert before.keys() == after.keys()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    (folder / WEIGHTS_FILE).unlink()
+    with pytest.raises(CheckpointNotFound, match=f"lacks {WEIGHTS_FILE}; pass a segmenter"):
+        LungSegmenter.load(folder)
 
 
 # --- post-processing and the pure helpers ----------------------------------------------------

@@ -14,6 +14,7 @@ from model.network import create_network
 from model.predictor import Predictor
 from model.transforms import build_transform
 from tests.conftest import lung5_images
+from training import recipe
 from training import train as trainer
 from training.data import (
     PNEUMONIA_CLASSES,
@@ -91,15 +92,15 @@ def _one_step(model, stage, args, data_root):
     loader = DataLoader(
         XrayDataset(records, build_transform(ModelConfig(input_size=(3, 64, 64)))), batch_size=4
     )
-    params = trainer.set_stage(model, stage, args.freeze_blocks)
-    optimizer, scheduler = trainer.make_optimizer(params, stage, args, steps=1)
-    trainer.train_one_epoch(
+    params = recipe.set_stage(model, stage, args.freeze_blocks)
+    optimizer, scheduler = recipe.make_optimizer(params, stage, args, steps=1)
+    recipe.train_one_epoch(
         model,
         loader,
         stage,
         optimizer,
         scheduler,
-        trainer.SetCrossEntropy(),
+        recipe.SetCrossEntropy(),
         torch.device("cpu"),
         amp=False,
     )
@@ -227,19 +228,19 @@ def test_set_cross_entropy_is_cross_entropy_for_one_class_and_log_sum_for_a_set(
     weight = torch.tensor([0.5, 2.0, 1.0, 3.0, 1.5]) if weighted else None
     one_hot = torch.nn.functional.one_hot(labels, 5).bool()
     expected = torch.nn.CrossEntropyLoss(weight=weight)(logits, labels)
-    assert torch.allclose(trainer.SetCrossEntropy(weight)(logits, one_hot), expected)
+    assert torch.allclose(recipe.SetCrossEntropy(weight)(logits, one_hot), expected)
     sets = one_hot.clone()
     sets[:2] = False
     sets[:2, list(PNEUMONIA_CLASSES)] = True  # rows 0 and 1: "Pneumonia", cause unknown
     p = logits.softmax(dim=1)
     per_image = -torch.log(torch.where(sets, p, 0).sum(dim=1))
     w = torch.ones(6) if weight is None else weight[torch.tensor([0, 0, 2, 3, 4, 2])]
-    got = trainer.SetCrossEntropy(weight)(logits, sets)
+    got = recipe.SetCrossEntropy(weight)(logits, sets)
     assert torch.allclose(got, (w * per_image).sum() / w.sum())
     # a set is never trained as Bacterial: with all mass on Viral its loss is ~0
     viral = torch.tensor([[-9.0, -9.0, -9.0, -9.0, 9.0]])
-    assert trainer.SetCrossEntropy(weight)(viral, sets[:1]) < 1e-6
-    assert trainer.SetCrossEntropy(weight)(viral, one_hot[:1]) > 10
+    assert recipe.SetCrossEntropy(weight)(viral, sets[:1]) < 1e-6
+    assert recipe.SetCrossEntropy(weight)(viral, one_hot[:1]) > 10
 
 
 def test_training_with_label_sets_scores_them_apart(tiny_data, tmp_path):

@@ -20,10 +20,12 @@ from model.config import ModelConfig
 from model.network import create_network
 from serving.runtime import free_port
 from tests.conftest import REPO
+from training import recipe
 from training import train as trainer
 from training.data import ImageRecord
 from training.distributed import Ranks, process_group
 from training.sources import RankShareSampler, make_sampler
+from training.train_data import make_train_loader
 
 # 16 images: 5 classes, two sources of very different sizes in each.
 RECORDS = [
@@ -64,7 +66,7 @@ def test_every_rank_keeps_the_class_source_balance():
 def test_the_global_batch_must_split_over_the_ranks():
     args = trainer.parse_args(["--data", "-", "--out", "-", "--batch-size", "9"])
     with pytest.raises(ValueError, match=r"--batch-size 9 is the global batch.*multiple of 2"):
-        trainer.make_train_loader(_dataset(), RECORDS, args, Ranks(0, WORLD_SIZE))
+        make_train_loader(_dataset(), RECORDS, args, Ranks(0, WORLD_SIZE))
 
 
 def _dataset() -> TensorDataset:
@@ -77,16 +79,16 @@ def _dataset() -> TensorDataset:
 def _head_epoch(
     loader: DataLoader, wrap: Callable[[nn.Module], nn.Module] = lambda m: m
 ) -> dict[str, torch.Tensor]:
-    """A head-stage epoch (2 steps of 8 images) through ``training.train`` on a DenseNet121
+    """A head-stage epoch (2 steps of 8 images) through ``training.recipe`` on a DenseNet121
     (the 201's structure, faster): the weights and the classifier's gradients of the last
     step."""
     torch.manual_seed(0)
     model = create_network(ModelConfig(architecture="densenet121", input_size=(3, 32, 32)))
-    params = trainer.set_stage(model, "head")
-    optimizer, scheduler = trainer.make_optimizer(params, "head", ARGS, len(loader))
+    params = recipe.set_stage(model, "head")
+    optimizer, scheduler = recipe.make_optimizer(params, "head", ARGS, len(loader))
     loss, cpu = nn.CrossEntropyLoss(), torch.device("cpu")
     net = wrap(model)
-    trainer.train_one_epoch(net, loader, "head", optimizer, scheduler, loss, cpu, False, False)
+    recipe.train_one_epoch(net, loader, "head", optimizer, scheduler, loss, cpu, False, False)
     grads = {f"grad.{k}": p.grad for k, p in model.get_classifier().named_parameters()}
     return {**model.state_dict(), **grads}
 
@@ -102,7 +104,7 @@ def _ddp_rank(rank: int, port: int, out: str) -> None:
     )
     torch.set_num_threads(1)
     with process_group("cpu") as ranks:
-        loader = trainer.make_train_loader(_dataset(), RECORDS, ARGS, ranks)
+        loader = make_train_loader(_dataset(), RECORDS, ARGS, ranks)
         torch.save(_head_epoch(loader, ranks.wrap), Path(out) / f"rank{rank}.pt")
 
 
@@ -110,7 +112,7 @@ def _ddp_rank(rank: int, port: int, out: str) -> None:
 def test_two_process_epoch_matches_one_process_on_the_same_global_batches(tmp_path):
     torch.multiprocessing.spawn(_ddp_rank, (free_port(), str(tmp_path)), nprocs=WORLD_SIZE)
     rank0, rank1 = (torch.load(tmp_path / f"rank{r}.pt") for r in range(WORLD_SIZE))
-    single = _head_epoch(trainer.make_train_loader(_dataset(), RECORDS, ARGS, Ranks()))
+    single = _head_epoch(make_train_loader(_dataset(), RECORDS, ARGS, Ranks()))
     # What rank 0 would do alone on its share: its 4-image halves of the same batches.
     alone = _head_epoch(
         DataLoader(_dataset(), 4, sampler=RankShareSampler(RECORDS, ARGS.balance, 16, 0, 2))

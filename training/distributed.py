@@ -5,8 +5,8 @@ the DistributedDataParallel wrapper, and what rank 0 tells the others.
 
 ``torchrun`` sets ``WORLD_SIZE``, ``RANK``, ``LOCAL_RANK`` and the rendezvous address; the
 backend is NCCL on CUDA (one GPU per process, ``cuda:LOCAL_RANK``) and gloo on CPU. Without
-``WORLD_SIZE`` (or with 1) no process group is made and every helper is a no-op, so one
-process trains exactly as before.
+``WORLD_SIZE`` (or with 1) no process group is made and every helper is a no-op: one process
+needs no ``torchrun``.
 """
 
 from __future__ import annotations

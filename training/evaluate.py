@@ -4,24 +4,24 @@
         --data ../shared/data/lung5 ../shared/data/lung5-extra --split test --out DIR
 
 Everything goes through ``Predictor`` (the same decoding, transform and calibration as the
-app). Metrics are reported before (T = 1) and after temperature scaling, per class, and per
-source (from each folder's ``manifest.csv``; a folder without one is one source named after
-it) — needed on lung5, where each class comes mostly from one source. A folder may hold only
-some of the five class folders; what needs the absent classes is null. The shortcut audit
-(``training.audit``; ``--no-audit`` skips it) scores every image again with its centre or its
-border blanked and histogram-equalised, per source and class. With a conformal section in
-the checkpoint (``python -m training.calibrate``), ``conformal`` holds the empirical coverage
-and mean set size overall, per class and per source; ``coverage_vs_alpha.png`` (and
-``conformal_curve``) plots coverage and set size against α, fitted on random halves of the
-evaluated images (docs/UNCERTAINTY.md). With the lung segmenter loaded, the ``lung_share``
-section (``training.lung_share``) says how much of the predicted class's heatmap lies on the
-lung fields, per class and per source (plot: ``lung_share.png``).
+app). A folder may hold only some of the five class folders; what needs the absent classes is
+null. Each folder's ``manifest.csv`` names the sources (a folder without one is one source
+named after it); on lung5 each class comes mostly from one source, so the sections below are
+also given per source:
 
-All of the above scores the images with one true class. A ``Pneumonia`` class folder (e.g.
-``../shared/data/adult-extra``) is the label set {Bacterial, Viral Pneumonia}: its images are
-scored apart in ``label_sets`` — right when the top class is in the set, the probability
-summed over the set, what they are called — overall, per view (the manifest's ``view``) and
-per source.
+- ``uncalibrated`` and ``calibrated``: the metrics before (T = 1) and after temperature
+  scaling, per class (``confusion_matrix.png``, ``roc_curves.png``, ``reliability.png``);
+- ``audit``, the shortcut audit (``training.audit``; ``--no-audit`` skips it): every image
+  scored again with its centre or its border blanked and histogram-equalised;
+- ``conformal``, with a conformal section in the checkpoint (``python -m training.calibrate``):
+  the empirical coverage and mean set size, overall and per class; ``conformal_curve``
+  (``coverage_vs_alpha.png``): coverage and set size against α, fitted on random halves of
+  the evaluated images (docs/UNCERTAINTY.md);
+- ``lung_share``, with the lung segmenter loaded (``training.lung_share``): how much of the
+  predicted class's heatmap lies on the lung fields, per class (``lung_share.png``).
+
+These score the images with one true class. Those of a label set (a ``Pneumonia`` folder, e.g.
+``../shared/data/adult-extra``) are scored apart in ``label_sets`` (``training.label_sets``).
 """
 
 from __future__ import annotations
@@ -30,20 +30,13 @@ import argparse
 import json
 import logging
 import sys
-from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
 import numpy as np
-from sklearn.calibration import calibration_curve
-from sklearn.metrics import ConfusionMatrixDisplay, RocCurveDisplay
 
-from model.conformal import NO_SETS
+from explain.verdict import NO_SETS
 from model.predictor import Predictor
 from training.audit import (
     VARIANTS,
@@ -53,15 +46,17 @@ from training.audit import (
     shortcut_audit,
 )
 from training.calibrate import softmax
+from training.classification_plots import save_plots
 from training.conformal import (
     coverage_curve,
     coverage_report,
     format_report,
     save_coverage_plot,
 )
-from training.data import ImageRecord, allowed_mask
+from training.data import ImageRecord
+from training.label_sets import format_label_sets, label_set_section
 from training.lung_share import format_lung_share, lung_share_section, save_lung_share_plot
-from training.metrics import binary_auroc, classification_metrics, label_set_metrics
+from training.metrics import binary_auroc, classification_metrics
 from training.sources import scan_folders
 
 log = logging.getLogger("lungcam.evaluate")
@@ -131,22 +126,8 @@ def evaluate(
             predictor.config.class_index("Bacterial Pneumonia"),
             predictor.config.class_index("Viral Pneumonia"),
         )
-    sources = sorted({r.source for r in kept if r.source})
-    if sources:
-        result["per_source"] = {}
-        for source in sources:
-            mask = np.array([r.source == source for r in kept])
-            part = classification_metrics(labels[mask], calibrated[mask], names)
-            # Sensitivity per class present: macro-F1 over absent classes would mislead.
-            present = {n: c for n, c in part["per_class"].items() if c["support"]}
-            result["per_source"][source] = {
-                key: part[key] for key in ("n", "accuracy", "macro_auroc", "ece")
-            } | {
-                "classes": {
-                    n: {"n": c["support"], "sensitivity": c["sensitivity"]}
-                    for n, c in present.items()
-                }
-            }
+    if any(r.source for r in kept):
+        result["per_source"] = per_source(kept, labels, calibrated, names)
     if audit:
         result["audit"] = shortcut_audit(all_logits, kept, names, temperature)
     result.update(conformal_results(predictor, calibrated, labels, [r.source for r in kept]))
@@ -157,50 +138,25 @@ def evaluate(
     return result, labels, calibrated
 
 
-def label_set_section(
-    records: Sequence[ImageRecord], probabilities: np.ndarray, label_names: list[str]
-) -> dict[str, Any]:
-    """The ``label_sets`` section: ``label_set_metrics`` of the label-set images (calibrated
-    probabilities) overall, per view (the manifest's ``view``; "unknown" when not given) and
-    per source, with how many images carry each set."""
-    allowed = allowed_mask(list(records), len(label_names))
-    views = np.array([r.view or "unknown" for r in records])
-    sources = np.array([r.source or "unknown" for r in records])
-
-    def per(groups: np.ndarray) -> dict[str, dict[str, Any]]:
-        return {
-            group: label_set_metrics(
-                allowed[groups == group], probabilities[groups == group], label_names
-            )
-            for group in sorted(set(groups.tolist()))
+def per_source(
+    records: Sequence[ImageRecord],
+    labels: np.ndarray,
+    probabilities: np.ndarray,
+    label_names: list[str],
+) -> dict[str, dict[str, Any]]:
+    """The ``per_source`` section: n, accuracy, macro AUROC and ECE of each source's images,
+    and the sensitivity of each class it holds (a macro-F1 over absent classes would mislead)."""
+    section = {}
+    for source in sorted({r.source for r in records if r.source}):
+        mask = np.array([r.source == source for r in records])
+        part = classification_metrics(labels[mask], probabilities[mask], label_names)
+        present = {n: c for n, c in part["per_class"].items() if c["support"]}
+        section[source] = {key: part[key] for key in ("n", "accuracy", "macro_auroc", "ece")} | {
+            "classes": {
+                n: {"n": c["support"], "sensitivity": c["sensitivity"]} for n, c in present.items()
+            }
         }
-
-    sets = Counter(" or ".join(label_names[k] for k in r.allowed) for r in records)
-    return {
-        "description": "images labelled with a set of classes (a Pneumonia folder: either "
-        "pneumonia class); right when the top class is in the set; set_probability: the "
-        "calibrated probabilities summed over the set",
-        "sets": dict(sorted(sets.items())),
-        **label_set_metrics(allowed, probabilities, label_names),
-        "per_view": per(views),
-        "per_source": per(sources),
-    }
-
-
-def format_label_sets(section: dict[str, Any]) -> str:
-    """One line: n, accuracy and mean set probability overall, accuracy per view, and the
-    classes they are called (shares of 5 % and more)."""
-    views = ", ".join(
-        f"{v} {b['accuracy']:.2f} (n={b['n']})" for v, b in section["per_view"].items()
-    )
-    called = ", ".join(
-        f"{name} {share:.0%}" for name, share in section["called"].items() if share >= 0.05
-    )
-    return (
-        f"Label sets ({', '.join(section['sets'])}): n={section['n']}, top class in the set "
-        f"{section['accuracy']:.3f}, mean p(set) {section['set_probability']:.3f}; "
-        f"per view {views}; called {called}"
-    )
+    return section
 
 
 def conformal_results(
@@ -218,47 +174,6 @@ def conformal_results(
             calibrated, labels, sets.method if sets else "lac"
         )
     return found
-
-
-def save_plots(labels: np.ndarray, probabilities: np.ndarray, names: list[str], out: Path) -> None:
-    """Confusion matrix, one-vs-rest ROC curves and a reliability diagram, as PNG."""
-    predicted = probabilities.argmax(axis=1)
-    fig, ax = plt.subplots(figsize=(7, 6))
-    ConfusionMatrixDisplay.from_predictions(
-        labels,
-        predicted,
-        labels=list(range(len(names))),
-        display_labels=names,
-        ax=ax,
-        xticks_rotation=30,
-        colorbar=False,
-    )
-    fig.tight_layout()
-    fig.savefig(out / "confusion_matrix.png", dpi=120)
-    plt.close(fig)
-
-    fig, ax = plt.subplots(figsize=(6, 6))
-    for k, name in enumerate(names):
-        if 0 < (labels == k).sum() < len(labels):
-            RocCurveDisplay.from_predictions(labels == k, probabilities[:, k], name=name, ax=ax)
-    ax.plot([0, 1], [0, 1], "k--", lw=0.8)
-    ax.set_title("ROC, one class vs rest")
-    fig.tight_layout()
-    fig.savefig(out / "roc_curves.png", dpi=120)
-    plt.close(fig)
-
-    fig, ax = plt.subplots(figsize=(6, 6))
-    confidence = probabilities.max(axis=1)
-    accuracy, mean_conf = calibration_curve(predicted == labels, confidence, n_bins=15)
-    ax.plot(mean_conf, accuracy, "o-", label="model (top label)")
-    ax.plot([0, 1], [0, 1], "k--", lw=0.8, label="perfect calibration")
-    ax.set_xlabel("confidence")
-    ax.set_ylabel("accuracy")
-    ax.set_title("Reliability diagram (15 bins)")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(out / "reliability.png", dpi=120)
-    plt.close(fig)
 
 
 def resolve_folder(data: str | Path, split: str | None) -> Path:
@@ -285,6 +200,8 @@ def check_folders(data: Sequence[str], split: str | None) -> list[ImageRecord]:
 
 
 def main(argv: list[str] | None = None) -> None:
+    """``python -m training.evaluate``: metrics.json, plots and a summary; a bad folder or one
+    without a readable image ends in one line and exit status 2."""
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     parser = argparse.ArgumentParser(prog="evaluate", description=__doc__.split("\n")[0])
     parser.add_argument("--model", default=None, help="checkpoint (default: the bundled model)")

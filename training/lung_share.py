@@ -2,7 +2,7 @@
 the lung fields, overall, per true class, per predicted class and per source.
 
 A model that reads the lungs puts most of its Grad-CAM energy on them; one that learned a
-source's borders, side markers or devices puts it elsewhere (issue 13; the shortcut audit,
+source's borders, side markers or devices puts it elsewhere (the shortcut audit,
 ``training.audit``, asks the same question by blanking parts of the image). The figure per
 image is ``Prediction.lung_share(top_index)``; images where the segmenter found no lung fields
 are counted, not scored.

@@ -29,7 +29,7 @@ from training.data import ImageRecord, load_splits, scan_class_folders
 
 # class-source: every (class, source) cell of a class gets the same share of the class, and
 # every class the same share of an epoch. class: classes equal, images of a class equal.
-# loss: uniform shuffle with a class-weighted loss (the earlier default). none: neither.
+# loss: uniform shuffle with a class-weighted loss. none: neither.
 BALANCE_MODES = ("class-source", "class", "loss", "none")
 SPLITS = ("train", "val", "test")
 

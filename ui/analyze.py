@@ -1,27 +1,26 @@
-"""Analyze tab: one upload → calibrated confidences, the top class's overlay and notes (which
-start with the conformal prediction set, ``model.conformal.describe_set``)."""
+"""Analyze tab: one upload → calibrated confidences, the film and its overlay in one viewer,
+the prediction set, the lung share and notes; every redraw reuses the cached case."""
 
 from __future__ import annotations
 
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import gradio as gr
 import numpy as np
 
+from explain.verdict import describe_set, headline, input_facts, lung_line, lung_notes
 from imaging.image import ImageInputError, LoadedImage
 from imaging.load import load_image
 from imaging.overlay import save_png
-from model import lung_share
-from model.conformal import describe_set
-from model.ood import headline
 from model.prediction import Prediction
 from serving.model_process import ModelUnavailable
 from serving.runtime import data_dir
-from ui.common import Case, describe_input, draw, label_value, shown_pixels
+from ui.common import Case, draw, film, label_value
 from ui.files import UPLOADS
+from ui.marks import NO_MARKS
 
 
 def analyze_upload(predict: Callable[[LoadedImage], Prediction], path: str | None) -> Case:
@@ -51,6 +50,33 @@ def uncertainty(case: Case | None, show_anyway: bool = False) -> str:
     return describe_set(prediction.prediction_set, prediction.set_alpha)
 
 
+Viewer = tuple[np.ndarray, np.ndarray]  # (the film, its overlay): the before/after slider
+
+
+class CaseView(NamedTuple):
+    """What the Analyze tab shows of one case, in the order of the screen's outputs (what
+    ``/predict`` returns; the case itself stays in the session)."""
+
+    label: Any
+    viewer: Viewer
+    shown_class: str
+    notes: str
+    set_line: str
+    lung_line: str
+    case: Case
+
+
+class FreshCase(NamedTuple):
+    """The rest of the Analyze tab for a newly analysed case (a case analysed again keeps
+    its marks)."""
+
+    mark_film: Any  # the film to mark, with no marks yet
+    corner: Any  # no half-drawn mark
+    marks_line: str
+    full_file: Any  # the full-resolution PNG: hidden until asked for
+    show_anyway: Any  # the "show the class scores anyway" box: only when the guard warns
+
+
 class AnalyzeHandlers:
     """The Analyze tab's events, bound to the app's model call ``predict``; full-resolution
     overlays are written under ``exports`` (default: the data folder's ``exports``)."""
@@ -69,39 +95,54 @@ class AnalyzeHandlers:
         cached: Case | None = None,
         show_anyway: bool = False,
         outline: bool = False,
-    ) -> tuple[Any, np.ndarray, str, str, Case]:
-        """(label, overlay, shown class, notes, case) for the upload at ``path``.
+        level: float = 128,
+        width: float = 256,
+    ) -> CaseView:
+        """The Analyze tab's view of the upload at ``path``.
 
         The label headlines the top class, or "Not a chest X-ray?" with the class bars folded
-        away (unless ``show_anyway``) when the guard warns. An upload runs this at once and
-        the Analyze button runs it again: the second call finds the case cached for the same
-        path and neither decodes nor predicts. The notes end with every class's on-lung share
-        (``model.lung_share``); ``outline`` draws the lung fields.
+        away (unless ``show_anyway``) when the guard warns. A case cached for the same path
+        is reused (no decode, no prediction). ``outline`` draws the lung
+        fields; ``level`` and ``width`` are the film's display window.
         """
-        case = cached if cached is not None and cached.of(path) else None
-        case = case or analyze_upload(self.predict, path)
+        reused = cached is not None and cached.of(path)
+        case = cached if reused else analyze_upload(self.predict, path)
         prediction = case.prediction
         top = prediction.top_label
-        return (
-            label_value(prediction, show_anyway),
-            draw(prediction, top, opacity, colormap, outline),
-            top,
-            uncertainty(case, show_anyway)
-            + "\n\n"
-            + describe_input(prediction.image, prediction.ood)
-            + "".join(f"\n\n{line}" for line in lung_share.notes(prediction)),
-            case,
+        notes = [input_facts(prediction.image, prediction.ood), *lung_notes(prediction)]
+        return CaseView(
+            label=label_value(prediction, show_anyway),
+            viewer=self.redraw(case, top, opacity, colormap, outline, level, width),
+            shown_class=top,
+            notes="\n\n".join(notes),
+            set_line=uncertainty(case, show_anyway),
+            lung_line=self.lung_line(case, top),
+            case=case,
         )
 
     @staticmethod
-    def relabel(case: Case | None, show_anyway: bool) -> Any:
-        """The label again, with the class bars shown or folded (no model call)."""
-        return None if case is None else label_value(case.prediction, show_anyway)
+    def fresh(
+        case: Case, form_case: str | None, level: float = 128, width: float = 256
+    ) -> FreshCase:
+        """The rest of the tab for ``case`` (the film to mark through the window ``level``,
+        ``width``); when the review form already belongs to it (the same upload analysed
+        again) its marks stay as they are."""
+        again = case.review_id == form_case
+        warned = headline(case.prediction.image, case.prediction.ood) is not None
+        return FreshCase(
+            mark_film=gr.skip() if again else film(case.prediction.image, (level, width)),
+            corner=gr.skip() if again else None,
+            marks_line=gr.skip() if again else NO_MARKS,
+            full_file=gr.skip() if again else gr.File(value=None, visible=False),
+            show_anyway=gr.Checkbox(visible=warned),
+        )
 
     @staticmethod
-    def original(case: Case | None) -> np.ndarray | None:
-        """The upload as the model read it (grayscale, at display size), beside the overlay."""
-        return None if case is None else shown_pixels(case.prediction.image)
+    def relabel(case: Case | None, show_anyway: bool) -> tuple[Any, str]:
+        """The label and the set line again, with the class scores shown or folded."""
+        if case is None:
+            return None, ""
+        return label_value(case.prediction, show_anyway), uncertainty(case, show_anyway)
 
     def full_resolution(
         self,
@@ -140,17 +181,25 @@ class AnalyzeHandlers:
 
     @staticmethod
     def redraw(
-        case: Case | None, class_name: str, opacity: float, colormap: str, outline: bool = False
-    ) -> np.ndarray | None:
-        """The cached case's overlay for another class, opacity, colormap or lung outline
-        (no model call)."""
+        case: Case | None,
+        class_name: str,
+        opacity: float,
+        colormap: str,
+        outline: bool = False,
+        level: float = 128,
+        width: float = 256,
+    ) -> Viewer | None:
+        """The film and ``class_name``'s overlay, both through the window (level, width), for
+        the before/after viewer (no model call)."""
         if case is None:
             return None
-        return draw(case.prediction, class_name, opacity, colormap, outline)
+        window = (level, width)
+        drawn = draw(case.prediction, class_name, opacity, colormap, outline, window=window)
+        return film(case.prediction.image, window), drawn
 
     @staticmethod
     def lung_line(case: Case | None, class_name: str) -> str:
         """Beside the overlay: how much of ``class_name``'s heatmap lies on the lungs."""
         if case is None or not class_name:
             return ""
-        return lung_share.share_line(case.prediction, class_name)
+        return lung_line(case.prediction, class_name)

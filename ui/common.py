@@ -10,9 +10,16 @@ import gradio as gr
 import numpy as np
 from gradio.components.label import LabelConfidence, LabelData
 
+from explain.verdict import headline
 from imaging.image import LoadedImage, fit_within
-from imaging.overlay import colorbar_stops, draw_box, draw_outline, overlay
-from model.ood import OODCheck, headline, input_warnings
+from imaging.overlay import (
+    FULL_WINDOW,
+    apply_window,
+    colorbar_stops,
+    draw_box,
+    draw_outline,
+    overlay,
+)
 from model.prediction import Prediction
 from review.drafts import new_review_id
 
@@ -28,6 +35,20 @@ DISCLAIMER = (
     "guide patient care. The model was trained on a small public dataset whose classes come "
     "from different hospitals, so it may have learned the source instead of the disease."
 )
+
+
+# The Analyze tab at 1400 × 1000: the film viewer, the scores and the review form in one view.
+SCREEN_CSS = (
+    "#review-form .form {gap: 4px}\n"
+    "#review-form textarea {min-height: 2.2em}\n"
+    ".gradio-container {padding-top: 4px !important}\n"
+)
+
+
+def shown_when_made(path: str | None) -> Any:
+    """An output ``gr.File`` shown once it holds a file, hidden while empty (no placeholder
+    box on the screen)."""
+    return gr.File(visible=path is not None)
 
 
 @dataclass(frozen=True)
@@ -65,6 +86,15 @@ def shown_pixels(image: LoadedImage, max_side: int | None = DISPLAY_SIDE) -> np.
     return cv2.resize(image.pixels, size, interpolation=cv2.INTER_AREA)
 
 
+def film(
+    image: LoadedImage,
+    window: tuple[float, float] = FULL_WINDOW,
+    max_side: int | None = DISPLAY_SIDE,
+) -> np.ndarray:
+    """The upload's gray pixels at display size seen through ``window`` (level, width)."""
+    return apply_window(shown_pixels(image, max_side), *window)
+
+
 def draw(
     prediction: Prediction,
     class_name: str,
@@ -72,13 +102,14 @@ def draw(
     colormap: str,
     lungs: bool = False,
     max_side: int | None = DISPLAY_SIDE,
+    window: tuple[float, float] = FULL_WINDOW,
 ) -> np.ndarray:
-    """``class_name``'s heatmap over the upload (RGB uint8), at most ``max_side`` px a side
-    (None: the upload's own resolution).
+    """``class_name``'s heatmap over the upload seen through ``window`` (RGB uint8), at most
+    ``max_side`` px a side (None: the upload's own resolution).
 
     ``lungs`` outlines the lung fields found (and the crop box when the model saw only that).
     """
-    gray = shown_pixels(prediction.image, max_side)
+    gray = film(prediction.image, window, max_side)
     size = (gray.shape[1], gray.shape[0])
     index = prediction.class_index(class_name)
     drawn = overlay(gray, prediction.heatmap(index, size), opacity, colormap)
@@ -94,20 +125,10 @@ def draw(
     return drawn
 
 
-def describe_input(image: LoadedImage, ood: OODCheck | None = None) -> str:
-    """Non-identifying facts about the upload and any warnings (incl. not-a-chest-X-ray)."""
-    facts = [f"{image.size[0]}×{image.size[1]} px, {image.source_format} ({image.original_mode})"]
-    facts += [
-        f"{key}: {value}" for key, value in image.metadata.items() if key not in ("format", "mode")
-    ]
-    warnings = "".join(f"\n\n⚠️ {note}" for note in input_warnings(image, ood))
-    return " · ".join(facts) + warnings
-
-
 def label_value(prediction: Prediction, show_anyway: bool = False) -> dict[str, float] | LabelData:
     """What the confidence label shows: the classes, or a warning headline instead of a class.
 
-    When the guard warns (``model.ood.headline``) the headline is the warning and the class
+    When the guard warns (``explain.verdict.headline``) the headline is the warning and the class
     bars are folded away unless ``show_anyway``; the headline stays the warning either way.
     """
     warning = headline(prediction.image, prediction.ood)

@@ -5,7 +5,8 @@
   original name (often the patient's name or record number), and serve it back for an hour.
 - That name is never shown: messages call an upload ``upload.dcm``, ``upload.png``, …
   (``upload_name``) and the upload box hides it (``UploadBox``, ``UPLOAD_CSS``).
-- Every image a response shows is a file of its own (``ShownImage``, ``ShownGallery``).
+- Every image a response shows is a file of its own (``ShownImage``, ``ShownGallery``,
+  ``ShownSlider``).
   Gradio names a drawn image's file after its bytes and rewrites it in place, so two requests
   drawing the same picture at once would share one file, rewritten while it is being sent.
 """
@@ -171,3 +172,21 @@ class ShownGallery(gr.Gallery):
         if isinstance(image, np.ndarray):
             image = own_file(image, self.GRADIO_CACHE, self.format)
         return image if caption is None else (image, caption)
+
+
+class ShownSlider(gr.ImageSlider):
+    """An output ``gr.ImageSlider`` of two numpy images (before, after) that writes each to a
+    file of its own. The browser zooms (wheel) and pans (drag) both together."""
+
+    def get_block_name(self) -> str:
+        return "imageslider"
+
+    def postprocess(self, value: Any) -> Any:
+        if value is not None:
+            value = tuple(
+                own_file(image, self.GRADIO_CACHE, self.format)
+                if isinstance(image, np.ndarray)
+                else image
+                for image in value
+            )
+        return super().postprocess(value)

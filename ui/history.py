@@ -1,5 +1,6 @@
-"""History tab: the stored reviews, filtered, as a table or a CSV file; reopen a past case;
-how often reviewers agreed with the model (``review.agreement``)."""
+"""History tab: the stored reviews, filtered, as a table or a CSV file; reopen a past case with
+its marks; how often reviewers agreed with the model, and how often its heatmaps' peaks lay in
+the reviewers' marks (``review.agreement``)."""
 
 from __future__ import annotations
 
@@ -11,9 +12,18 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from review.agreement import agreement_summary, summary_rows, write_summary_csv
-from review.report import write_case_report, write_reviews_csv
-from review.store import ROW_COLUMNS, Review, ReviewStore
+from review.agreement import (
+    HIT_COLUMNS,
+    SUMMARY_COLUMNS,
+    agreement_summary,
+    hit_rows,
+    hit_summary,
+    summary_rows,
+    write_summary_csv,
+)
+from review.marks import marks_text
+from review.report import CaseReport, write_case_report, write_reviews_csv
+from review.store import AGREEMENTS, ROW_COLUMNS, Review, ReviewStore
 from serving.access import OwnerFolders
 from ui.common import DISCLAIMER, owner_of
 
@@ -36,6 +46,13 @@ TITLES: dict[str, str] = {
     "image_sha256": "Image sha256",
     "image_stored": "Image stored",
     "prediction_set": "Prediction set",
+    "marks": "Marks (film px: x0, y0, x1, y1)",
+    "no_focal_finding": "No focal finding",
+    "hit_shown": "Heatmap peak in the marks",
+    "hit_top": "Top class's heatmap peak in the marks",
+    "energy_shown": "Heatmap energy in the marks",
+    "energy_top": "Top class's heatmap energy in the marks",
+    "energy_flat": "Flat map's energy in the marks",
 }
 SHORT_COLUMNS = (
     "created_at_utc",
@@ -45,6 +62,7 @@ SHORT_COLUMNS = (
     "correct_class",
     "heatmap_usefulness",
     "note",
+    "hit_shown",
     "review_id",
 )
 
@@ -127,6 +145,16 @@ class HistoryHandlers:
         summary = self._summary(class_name, reviewer)
         return str(write_summary_csv(self.folders.request_folder(owner_of(request)), summary))
 
+    def heatmap_hits(self, class_name: str, agreement: str, reviewer: str | None) -> pd.DataFrame:
+        """How often the heatmaps' peaks lay in the reviewers' marks (``HIT_COLUMNS``: overall,
+        per class, per model version, for the shown and the top class's map, with Wilson 95 %
+        intervals, mean energy in the marks and a flat map's score on the same marks), over the
+        reviews all three filters keep; empty when reviews are off."""
+        if self.disabled:
+            return pd.DataFrame([], columns=list(HIT_COLUMNS))
+        reviews = self.filtered(class_name, agreement, reviewer)
+        return pd.DataFrame(hit_rows(hit_summary(reviews, self.label_names)), columns=HIT_COLUMNS)
+
     def _summary(self, class_name: str, reviewer: str | None) -> dict:
         reviews = self.filtered(class_name, "All", reviewer)
         return agreement_summary(reviews, self.label_names)
@@ -140,10 +168,11 @@ class HistoryHandlers:
 
     def reopen(
         self, review_id: str | None, request: gr.Request | None = None
-    ) -> tuple[str, str | None]:
-        """A past case: its PDF, made from the store, and its image when it was stored (else
-        None), both copied into the requester's own folder. The heatmap is not stored, so
-        the PDF shows the stored image alone."""
+    ) -> tuple[str, str | None, str, bool]:
+        """A past case: its PDF, made from the store, its image when it was stored (else
+        None), both copied into the requester's own folder, and its marks (JSON text in the
+        film's pixels, "" for none) and "no focal finding". The heatmap is not stored, so the
+        PDF shows the stored image, with the marks on it, alone."""
         self.refuse_when_off()
         review = self.store.get((review_id or "").strip())
         if review is None:
@@ -152,12 +181,65 @@ class HistoryHandlers:
         stored = self.store.image_file(review)
         image = None if stored is None else Path(shutil.copyfile(stored, folder / stored.name))
         pixels = None if image is None else _gray(image)
-        pdf = write_case_report(
-            folder / f"review-{review.review_id}.pdf", review, pixels, None, DISCLAIMER
-        )
-        return str(pdf), None if image is None else str(image)
+        shown = CaseReport(review, DISCLAIMER, pixels)
+        pdf = write_case_report(folder / f"review-{review.review_id}.pdf", shown)
+        marks = marks_text(review.marks)
+        return str(pdf), None if image is None else str(image), marks, review.no_finding
 
 
 def _gray(path: Path) -> np.ndarray:
     with Image.open(path) as image:
         return np.asarray(image.convert("L"))
+
+
+def history_tab(handlers: HistoryHandlers, labels: list[str], demo: gr.Blocks) -> None:
+    """The History tab: the stored reviews, filtered; agreement and heatmap-hit figures; CSV
+    exports; a case reopened. Refreshed when the page loads and whenever the tab is opened."""
+    with gr.Tab("History") as tab:
+        with gr.Row():
+            class_filter = gr.Dropdown(["All", *labels], value="All", label="Predicted class")
+            agreement_filter = gr.Radio(["All", *AGREEMENTS], value="All", label="Agreement")
+            reviewer_filter = gr.Textbox(label="Reviewer (exact name; empty = all)")
+            all_columns = gr.Checkbox(label="All columns")
+        table = gr.Dataframe(
+            headers=[TITLES[c] for c in SHORT_COLUMNS], interactive=False, wrap=True
+        )
+        agreement_table = gr.Dataframe(
+            headers=list(SUMMARY_COLUMNS),
+            interactive=False,
+            label="Reviewers agreeing with the top class (Wilson 95 % interval; the class and "
+            "reviewer filters apply)",
+        )
+        hits_table = gr.Dataframe(
+            headers=list(HIT_COLUMNS),
+            interactive=False,
+            label="Heatmap peaks in the reviewers' marks (Wilson 95 %), beside a flat map on "
+            "the same marks (filtered)",
+        )
+        with gr.Row():
+            refresh = gr.Button("Refresh")
+            export = gr.Button("Export these rows as CSV")
+        csv_file = gr.File(label="CSV")
+        summary_file = gr.File(label="Agreement summary (CSV)")
+        gr.Markdown("Click a row, then reopen its case: the PDF, and the image if stored.")
+        with gr.Row():
+            reopen_id = gr.Textbox(label="Review id to reopen")
+            reopen = gr.Button("Reopen case")
+        with gr.Row():
+            reopened_pdf = gr.File(label="Case report (PDF)")
+            reopened_image = gr.Image(label="Stored image", type="filepath", interactive=False)
+        with gr.Row():
+            reopened_marks = gr.Textbox(label="Marks (film pixels: x0, y0, x1, y1)")
+            reopened_no_finding = gr.Checkbox(label="No focal finding", interactive=False)
+
+    filters = [class_filter, agreement_filter, reviewer_filter]
+    refreshers = [refresh.click, class_filter.input, agreement_filter.input]
+    refreshers += [reviewer_filter.submit, tab.select, demo.load, all_columns.input]
+    gr.on(refreshers, handlers.history, [*filters, all_columns], table)
+    gr.on(refreshers, handlers.agreement, filters, agreement_table)
+    gr.on(refreshers, handlers.heatmap_hits, filters, hits_table)
+    exported = export.click(handlers.export_csv, filters, csv_file, api_name="export_csv")
+    exported.then(handlers.export_summary, filters, summary_file)
+    table.select(HistoryHandlers.picked, table, reopen_id)
+    reopened = [reopened_pdf, reopened_image, reopened_marks, reopened_no_finding]
+    reopen.click(handlers.reopen, reopen_id, reopened, api_name="reopen")

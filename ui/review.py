@@ -3,20 +3,29 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import gradio as gr
 
+from explain.verdict import headline, input_warnings, lung_notes
 from imaging.image import LoadedImage
-from model import lung_share
 from model.config import ModelConfig
-from model.ood import headline, input_warnings
 from model.prediction import Prediction
-from review.report import write_case_report
-from review.store import Review, ReviewStore, draft_from_prediction, pixels_sha256
+from review.marks import mark_list, peak_line
+from review.report import CaseReport, write_case_report
+from review.store import (
+    AGREEMENTS,
+    USEFULNESS,
+    Review,
+    ReviewStore,
+    draft_from_prediction,
+    pixels_sha256,
+)
 from serving.access import OwnerFolders
 from ui.analyze import analyze_upload
 from ui.common import DISCLAIMER, Case, draw, owner_of
+from ui.marks import NO_MARKS
 
 
 class ReviewHandlers:
@@ -39,10 +48,16 @@ class ReviewHandlers:
         self.folders = folders or OwnerFolders(store.data_dir / "gradio")
         self.disabled = disabled  # why reviews are off ("" = on)
 
-    def reviewed_case(self, path: str | None, cached: Case | None) -> Case:
+    def reviewed_case(self, path: str | None, cached: Case | None, marked: bool = False) -> Case:
         """The cached case when it is of the image sent (no decode, no prediction); a fresh
-        analysis for API callers who send another image."""
+        analysis for API callers who send another image. ``marked``: the review comes with
+        marks (or "no focal finding"), which need the film they were drawn on."""
         if path is None:
+            if cached is None and marked:
+                raise gr.Error(
+                    "Marks need the analysed film they were drawn on: analyse the chest X-ray "
+                    "(or send it with the review) first. Nothing was stored."
+                )
             if cached is None:
                 raise gr.Error("Upload a chest X-ray (or send one with the review) first.")
             return cached
@@ -62,6 +77,8 @@ class ReviewHandlers:
         reviewer: str | None,
         store_image: bool,
         review_id: str | None,
+        marks: str | None,
+        no_finding: bool,
         cached: Case | None,
         request: gr.Request | None = None,
     ) -> tuple[str, Any]:
@@ -69,12 +86,16 @@ class ReviewHandlers:
         what the PDF button prints.
 
         One review per case: without a ``review_id`` the case's own id is used, so saving
-        the same case twice never stores two reviews (the second save is refused).
+        the same case twice never stores two reviews (the second save is refused). ``marks``
+        is the JSON text of the reviewer's boxes in the film's pixels ("" or "[]": none,
+        ``review.marks.parse_marks``); with marks the status says whether the shown heatmap's
+        peak lies in them. On any error nothing is stored and the form keeps what was typed.
         """
         if self.disabled:
             raise gr.Error(self.disabled)
         try:
-            case = self.reviewed_case(image, cached)
+            marked = bool(mark_list(marks)) or bool(no_finding)
+            case = self.reviewed_case(image, cached, marked)
             prediction = case.prediction
             draft = draft_from_prediction(
                 prediction,
@@ -87,6 +108,8 @@ class ReviewHandlers:
                 note=note,
                 reviewer=getattr(request, "username", None) or reviewer or "",
                 review_id=review_id or case.review_id,
+                marks=marks,
+                no_finding=no_finding,
             )
             pixels = prediction.image.pixels if store_image else None
             saved, created = self.store.add(draft, pixels)
@@ -94,7 +117,8 @@ class ReviewHandlers:
             raise gr.Error(str(err)) from err
         if not created:
             return self.already_saved(saved, prediction, request)
-        return f"Saved: review `{saved.review_id}` by {saved.reviewer}.", (saved, prediction)
+        status = f"Saved: review `{saved.review_id}` by {saved.reviewer}."
+        return " ".join(filter(None, (status, peak_line(draft.scores)))), (saved, prediction)
 
     @staticmethod
     def already_saved(
@@ -119,15 +143,18 @@ class ReviewHandlers:
 
     @staticmethod
     def new_case(case: Case | None, form_case: str | None) -> tuple[Any, ...]:
-        """A new analysis starts a new case: the form cleared, the case's review id, no PDF.
+        """A new analysis starts a new case: the form and marks cleared, the case's review id,
+        no PDF.
 
         Returns (agreement, correct class, usefulness, wrong place, note, store image,
-        review id, status, report file, last review, form case). When the form already
-        belongs to ``case`` (Analyze pressed again on the same upload) nothing changes.
+        review id, status, report file, last review, form case, marks, no finding). When the
+        form already belongs to ``case`` (Analyze pressed again on the same upload) nothing
+        changes.
         """
         if case is None or case.review_id == form_case:
-            return tuple(gr.skip() for _ in range(11))
-        return (None, None, None, False, "", False, case.review_id, "", None, None, case.review_id)
+            return tuple(gr.skip() for _ in range(13))
+        form = (None, None, None, False, "", False, case.review_id)
+        return (*form, "", gr.File(value=None, visible=False), None, case.review_id, "", False)
 
     def make_report(
         self,
@@ -153,13 +180,17 @@ class ReviewHandlers:
         folder = self.folders.request_folder(owner_of(request))
         path = folder / f"review-{review.review_id}.pdf"
         image, check = prediction.image, prediction.ood
-        warning, reasons = headline(image, check), input_warnings(image, check)
-        lungs = lung_share.notes(prediction, mark="Warning: ")
-        return str(
-            write_case_report(
-                path, review, image.pixels, drawn, DISCLAIMER, warning, reasons, colormap, lungs
-            )
+        shown = CaseReport(
+            review,
+            DISCLAIMER,
+            image.pixels,
+            drawn,
+            colormap,
+            warning=headline(image, check),
+            warnings=input_warnings(image, check),
+            lungs=lung_notes(prediction, mark="Warning: "),
         )
+        return str(write_case_report(path, shown))
 
     def printable(
         self, review_id: str, prediction: Prediction, request: gr.Request | None
@@ -181,3 +212,65 @@ class ReviewHandlers:
                 "never puts a review on another image. Reopen the case from History."
             )
         return review
+
+
+@dataclass(frozen=True)
+class ReviewForm:
+    """The review form's components: ``answers`` in ``ReviewHandlers.save_review``'s order
+    (after the image and the shown class), ``fields`` in ``new_case``'s."""
+
+    agreement: gr.Radio
+    correct_class: gr.Dropdown
+    usefulness: gr.Radio
+    wrong_place: gr.Checkbox
+    note: gr.Textbox
+    reviewer: gr.Textbox
+    store_image: gr.Checkbox
+    review_id: gr.Textbox
+    marks: gr.Textbox
+    no_finding: gr.Checkbox
+    marks_line: gr.Markdown
+    save: gr.Button
+    report: gr.Button
+    status: gr.Markdown
+    report_file: gr.File
+
+    @property
+    def answers(self) -> list[gr.components.Component]:
+        return [self.agreement, self.correct_class, self.usefulness, self.wrong_place,
+                self.note, self.reviewer, self.store_image, self.review_id, self.marks,
+                self.no_finding]  # fmt: skip
+
+    @property
+    def fields(self) -> list[gr.components.Component]:
+        return [self.agreement, self.correct_class, self.usefulness, self.wrong_place,
+                self.note, self.store_image, self.review_id]  # fmt: skip
+
+
+def review_form(labels: list[str]) -> ReviewForm:
+    """The review form, compact enough to sit beside the film at 1400 × 1000."""
+    with gr.Group(elem_id="review-form"):
+        with gr.Row():
+            agreement = gr.Radio(list(AGREEMENTS), label="Your review: agree?")
+            correct_class = gr.Dropdown(labels, value=None, label="Correct class (if not)")
+        usefulness = gr.Radio(
+            list(USEFULNESS), value=None, label="Heatmap usefulness (1 useless … 5 very useful)"
+        )
+        marks_line = gr.Markdown(NO_MARKS)
+        with gr.Row():
+            no_finding = gr.Checkbox(label="No focal finding")
+            wrong_place = gr.Checkbox(label="Heatmap looks at the wrong place")
+            store_image = gr.Checkbox(label="Store the image (else its sha256)")
+        with gr.Row():
+            note = gr.Textbox(label="Note", lines=1)
+            reviewer = gr.Textbox(label="Reviewer name (if not logged in)")
+        marks = gr.Textbox(visible=False, label="marks")  # the boxes' JSON (ui.marks)
+        review_id = gr.Textbox(visible=False, label="review_id")
+        with gr.Row():
+            save = gr.Button("Save review", variant="primary")
+            report = gr.Button("PDF report")
+        status = gr.Markdown()
+        report_file = gr.File(label="Case report (PDF)", visible=False)
+    return ReviewForm(agreement, correct_class, usefulness, wrong_place, note, reviewer,
+                      store_image, review_id, marks, no_finding, marks_line, save, report,
+                      status, report_file)  # fmt: skip

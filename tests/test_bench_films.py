@@ -1,4 +1,4 @@
-"""The serving benchmarks send a different film with every request (``bench.serve.Films``)."""
+"""The serving benchmarks send a different film with every request (``bench.films.Films``)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 from PIL import Image
 
-from bench.serve import Films
+from bench.films import Films
 from model.config import CLASS_FOLDERS
 
 

@@ -1,7 +1,7 @@
 """One batch input's outcome and how it is written: the CSV line, the overlay PNG and the maps.
 
-Shared by both engines of ``python -m model.predict``: the local loop (``model.predict``) and
-Ray Data (``model.predict_ray``), so that the two write the same file byte for byte.
+Shared by both engines of ``python -m batch.predict``: the local loop (``batch.predict``) and
+Ray Data (``batch.predict_ray``), so that the two write the same file byte for byte.
 """
 
 from __future__ import annotations
@@ -14,10 +14,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from explain.verdict import headline, input_warnings
 from imaging.overlay import overlay
 from model import lung_share
 from model.crop import CropBox
-from model.ood import headline, input_warnings
 from model.prediction import Prediction
 
 CSV_NAME = "predictions.csv"

@@ -1,13 +1,13 @@
-"""``python -m model.predict --engine ray``: the local engine's CSV and overlays, on Ray Data.
+"""``python -m batch.predict --engine ray``: the local engine's CSV and overlays, on Ray Data.
 
 Ray Data takes the list of files; CPU tasks decode them (``imaging.load.load_or_reason``: a bad
 file becomes its reason, not a crash); a pool of actors, each loading the checkpoint once (on
 its own GPU with ``--num-gpus``), runs ``Predictor.predict_many`` per batch and turns each
-result into the CSV's cells and overlay (``model.prediction_rows``, the local engine's code).
+result into the CSV's cells and overlay (``batch.prediction_rows``, the local engine's code).
 Only those short strings travel back; the driver writes them in input order. Inputs, ``--out``
 and ``--model`` must be readable at the same path on every node (docs/SCALE.md).
 
-Needs Ray (``pip install -r requirements-scale.txt``); ``model.predict`` imports this module
+Needs Ray (``pip install -r requirements-scale.txt``); ``batch.predict`` imports this module
 only for ``--engine ray``.
 """
 
@@ -22,10 +22,7 @@ import numpy as np
 import ray
 import ray.data
 
-from imaging.load import load_or_reason
-from imaging.overlay import DEFAULT_COLORMAP, DEFAULT_OPACITY
-from model.prediction import Prediction
-from model.prediction_rows import (
+from batch.prediction_rows import (
     HEATMAP_DIR,
     OVERLAY_DIR,
     Row,
@@ -33,6 +30,9 @@ from model.prediction_rows import (
     draw_overlay,
     save_heatmaps,
 )
+from imaging.load import load_or_reason
+from imaging.overlay import DEFAULT_COLORMAP, DEFAULT_OPACITY
+from model.prediction import Prediction
 from model.predictor import Predictor
 
 Batch = dict[str, np.ndarray]
@@ -40,7 +40,7 @@ Batch = dict[str, np.ndarray]
 
 @dataclass(frozen=True)
 class Job:
-    """What to predict with and what to write, as ``model.predict``'s flags say."""
+    """What to predict with and what to write, as ``batch.predict``'s flags say."""
 
     model: str | None  # checkpoint; None: $LUNGCAM_MODEL or the bundled one, on each node
     out: Path
@@ -117,7 +117,7 @@ def predict_paths(
     progress: bool = True,
     heatmap_names: Sequence[str] | None = None,
 ) -> list[list[str]]:
-    """Every path's CSV cells (``model.prediction_rows.csv_cells``), in input order.
+    """Every path's CSV cells (``batch.prediction_rows.csv_cells``), in input order.
 
     ``overlay_names`` (one per path; None: no overlays) are written under ``job.out/overlays``,
     ``heatmap_names`` (likewise) under ``job.out/heatmaps``.

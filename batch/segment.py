@@ -1,14 +1,15 @@
 """Batch lung segmentation: many chest X-rays → one lung-mask PNG each + a CSV summary.
 
-    python -m model.segment INPUTS... --out DIR [--segmenter PATH] [--batch-size 8]
+    python -m batch.segment INPUTS... --out DIR [--segmenter PATH] [--batch-size 8]
 
-INPUTS are expanded exactly as ``model.predict`` does (files, folders searched recursively
-for .png/.jpg/.jpeg/.dcm/.dicom, quoted glob patterns) and read with the same decoder
-(``imaging.load``). Writes ``DIR/<stem>.png`` (0/255, the input's own size; ``-2``, ``-3`` …
-when stems repeat) and ``DIR/segmentation.csv`` (one row per input, in input order: whether
-lungs were found, the lung fraction, the mask path; unreadable files get ``status=error`` and
-the reason, and the run goes on). A film where no lung is found gets an all-zero mask and
-``lung_found=0``. Exit status: 0 when every input was read, 1 when some failed.
+INPUTS are expanded exactly as ``batch.predict`` does (``batch.inputs``: files, folders
+searched recursively for every suffix ``load_image`` reads, quoted glob patterns) and read
+with the same decoder (``imaging.load``). Writes ``DIR/<stem>.png`` (0/255, the input's own
+size; ``-2``, ``-3`` … when stems repeat) and ``DIR/segmentation.csv`` (one row per input, in
+input order: whether lungs were found, the lung fraction, the mask path; unreadable files get
+``status=error`` and the reason, and the run goes on). A film where no lung is found gets an
+all-zero mask and ``lung_found=0``. Exit status: 0 when every input was read, 1 when some
+failed.
 """
 
 from __future__ import annotations
@@ -25,12 +26,9 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
+from batch.inputs import expand_inputs, output_name
 from imaging.load import decoded_batches
 from model.lungs import LungMask
-
-# Input expansion and output naming are model.predict's, shared on purpose so that both CLIs
-# accept the same INPUTS (they may move to a common module when the package is restructured).
-from model.predict import expand_inputs, overlay_name
 from model.segmenter import LungSegmenter
 
 CSV_NAME = "segmentation.csv"
@@ -62,7 +60,7 @@ def segment_files(
         for batch in decoded_batches(paths, batch_size, failed):
             results = segmenter.analyse_many([image.pixels for _, image in batch])
             for (path, _), result in zip(batch, results, strict=True):
-                target = out / overlay_name(path, taken)
+                target = out / output_name(path, taken)
                 Image.fromarray(result.mask.astype(np.uint8) * 255).save(target)
                 rows[path] = SegmentRow(path, result, target)
             bar.update(len(rows) + len(failed) - bar.n)

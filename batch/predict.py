@@ -1,7 +1,7 @@
 """Batch prediction: many chest X-rays → a CSV of calibrated probabilities + Grad-CAM overlays.
 
-    python -m model.predict INPUTS... --out DIR [--model PATH] [--batch-size 8]
-    python -m model.predict INPUTS... --out DIR --engine ray [--address ADDR] [--num-gpus N]
+    python -m batch.predict INPUTS... --out DIR [--model PATH] [--batch-size 8]
+    python -m batch.predict INPUTS... --out DIR --engine ray [--address ADDR] [--num-gpus N]
 
 INPUTS are files (any format ``load_image`` reads: PNG, JPEG, DICOM …), folders (searched
 recursively for every suffix in ``imaging.image.SUPPORTED_SUFFIXES``) and glob patterns
@@ -16,7 +16,7 @@ heatmap on the lung fields, empty when none were found — ``model.lung_share``)
 ``--no-overlays``); with ``--heatmaps`` also ``DIR/heatmaps/<name>.npz``: every class's map at
 the image's own size (float32 in [0, 1], one array per class name, 0 outside the crop the
 network saw) and ``crop_box`` (x0, y0, x1, y1). ``--engine ray`` decodes and predicts on a Ray
-cluster and writes the same files (``model.predict_ray``, docs/SCALE.md); it needs
+cluster and writes the same files (``batch.predict_ray``, docs/SCALE.md); it needs
 ``pip install -r requirements-scale.txt``.
 
 Exit status: 0 when every input was predicted (warnings included), 1 when some input could
@@ -27,17 +27,14 @@ or a missing optional package (``--engine ray`` without Ray).
 from __future__ import annotations
 
 import argparse
-import glob
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 from tqdm import tqdm
 
-from imaging.image import SUPPORTED_SUFFIXES
-from imaging.load import decoded_batches
-from imaging.overlay import COLORMAPS, DEFAULT_COLORMAP, DEFAULT_OPACITY
-from model.prediction_rows import (
+from batch.inputs import expand_inputs, output_names
+from batch.prediction_rows import (
     CSV_NAME,
     HEATMAP_DIR,
     OVERLAY_DIR,
@@ -49,50 +46,11 @@ from model.prediction_rows import (
     save_heatmaps,
     write_lines,
 )
+from imaging.load import decoded_batches
+from imaging.overlay import COLORMAPS, DEFAULT_COLORMAP, DEFAULT_OPACITY
 from model.predictor import Predictor
 
 RAY_MISSING = "--engine ray needs Ray, not installed here: pip install -r requirements-scale.txt"
-
-
-def expand_inputs(inputs: Iterable[str]) -> list[Path]:
-    """Files, folders (recursive, image suffixes only) and globs → unique files, in order.
-
-    Raises ``FileNotFoundError`` naming an input that matches nothing.
-    """
-    found: list[Path] = []
-    for spec in inputs:
-        path = Path(spec)
-        if path.is_dir():
-            found += sorted(
-                p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in SUPPORTED_SUFFIXES
-            )
-        elif path.exists():
-            found.append(path)
-        elif glob.has_magic(spec):
-            matches = sorted(Path(p) for p in glob.glob(spec, recursive=True))
-            if not matches:
-                raise FileNotFoundError(f"the pattern {spec!r} matches no files")
-            found += [p for p in matches if p.is_file()]
-        else:
-            raise FileNotFoundError(f"{spec!r} is not a file, folder or glob pattern that exists")
-    return list(dict.fromkeys(found))
-
-
-def overlay_name(path: Path, taken: set[str]) -> str:
-    """``<stem>.png``, with ``-2``, ``-3`` … when two inputs share a stem."""
-    name, n = f"{path.stem}.png", 1
-    while name in taken:
-        n += 1
-        name = f"{path.stem}-{n}.png"
-    taken.add(name)
-    return name
-
-
-def overlay_names(paths: Sequence[Path]) -> list[str]:
-    """Every input's overlay file name, given in input order (failed inputs keep theirs too),
-    so that every engine names the overlays alike."""
-    taken: set[str] = set()
-    return [overlay_name(path, taken) for path in paths]
 
 
 def predict_files(
@@ -111,7 +69,7 @@ def predict_files(
     (out / OVERLAY_DIR).mkdir(parents=True, exist_ok=True)
     if heatmaps:
         (out / HEATMAP_DIR).mkdir(exist_ok=True)
-    names = dict(zip(paths, overlay_names(paths), strict=True))
+    names = dict(zip(paths, output_names(paths), strict=True))
     targets = {path: out / OVERLAY_DIR / name for path, name in names.items()}
     rows: dict[Path, Row] = {}
     failed: list[tuple[Path, str]] = []
@@ -193,13 +151,13 @@ def run_ray(
     """``--engine ray``: the predictor (loaded here on CPU for its labels and description, and
     to fail before any worker starts) and every path's CSV cells; None when Ray is missing."""
     try:
-        from model import predict_ray
+        from batch import predict_ray
     except ModuleNotFoundError as err:
         if (err.name or "").partition(".")[0] not in ("ray", "pyarrow"):
             raise
         return None
     predictor = Predictor.load(args.model, "cpu")
-    names = overlay_names(paths)
+    names = output_names(paths)
     lines = predict_ray.predict_paths(
         predict_ray.Job(args.model, args.out, args.batch_size, args.opacity, args.colormap),
         paths,
