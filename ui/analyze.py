@@ -14,7 +14,7 @@ import numpy as np
 from explain.verdict import describe_set, headline, input_facts, lung_line, lung_notes
 from imaging.image import ImageInputError, LoadedImage
 from imaging.load import load_image
-from imaging.overlay import save_png
+from imaging.overlay import FULL_WINDOW, save_png
 from model.prediction import Prediction
 from serving.model_process import ModelUnavailable
 from serving.runtime import data_dir
@@ -95,15 +95,15 @@ class AnalyzeHandlers:
         cached: Case | None = None,
         show_anyway: bool = False,
         outline: bool = False,
-        level: float = 128,
-        width: float = 256,
+        level: float = FULL_WINDOW[0],
+        width: float = FULL_WINDOW[1],
     ) -> CaseView:
         """The Analyze tab's view of the upload at ``path``.
 
         The label headlines the top class, or "Not a chest X-ray?" with the class bars folded
         away (unless ``show_anyway``) when the guard warns. A case cached for the same path
-        is reused (no decode, no prediction). ``outline`` draws the lung
-        fields; ``level`` and ``width`` are the film's display window.
+        is reused (no decode, no prediction). ``outline`` draws the lung fields; ``level`` and
+        ``width`` are the film's display window.
         """
         reused = cached is not None and cached.of(path)
         case = cached if reused else analyze_upload(self.predict, path)
@@ -122,7 +122,10 @@ class AnalyzeHandlers:
 
     @staticmethod
     def fresh(
-        case: Case, form_case: str | None, level: float = 128, width: float = 256
+        case: Case,
+        form_case: str | None,
+        level: float = FULL_WINDOW[0],
+        width: float = FULL_WINDOW[1],
     ) -> FreshCase:
         """The rest of the tab for ``case`` (the film to mark through the window ``level``,
         ``width``); when the review form already belongs to it (the same upload analysed
@@ -186,8 +189,8 @@ class AnalyzeHandlers:
         opacity: float,
         colormap: str,
         outline: bool = False,
-        level: float = 128,
-        width: float = 256,
+        level: float = FULL_WINDOW[0],
+        width: float = FULL_WINDOW[1],
     ) -> Viewer | None:
         """The film and ``class_name``'s overlay, both through the window (level, width), for
         the before/after viewer (no model call)."""

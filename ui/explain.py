@@ -50,9 +50,7 @@ class ExplainHandlers:
         self.score_cam_runs: dict[str, float] = {}  # target layer → seconds of the last run
         self.score_cam = threading.Lock()
 
-    def explained(
-        self, view: str, case: Case | None, *choices: Any, progress: Any = None
-    ) -> Any:
+    def explained(self, view: str, case: Case | None, *choices: Any, progress: Any = None) -> Any:
         """The cached case's ``view`` (a name in ``explain.views``), reporting (done, total)
         to ``progress``; bad choices and a stopped model process become ``gr.Error``."""
         if case is None:
