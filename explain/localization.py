@@ -44,6 +44,23 @@ GAUSSIAN_SIGMA = 0.25  # centre baseline's standard deviation, a share of each s
 RESAMPLES = 2000  # bootstrap resamples of the films
 LEVEL = 0.95
 
+# A lesion-box folder (``../shared/data/lesions``' layout): ``images/`` and ``boxes.csv``.
+BOXES_FILE = "boxes.csv"
+COLUMNS = (
+    "image",
+    "split",
+    "label",
+    "finding",
+    "x0",
+    "y0",
+    "x1",
+    "y1",
+    "patient_id",
+    "source",
+    "license",
+)
+SPLITS = ("train", "val", "test")
+
 
 def box_mask(boxes: Sequence[Box], shape: tuple[int, int]) -> np.ndarray:
     """The union of ``boxes`` as a boolean (H, W) mask: a pixel is inside when its centre is."""

@@ -1,5 +1,5 @@
 """What the review command lines share: which store to open, and opening it with a one-line
-error (``python -m review.agreement``, ``python -m training.export_marks``)."""
+error (``python -m review.agreement``, ``python -m review.export_marks``)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""``python -m training.export_marks``: reviews with marks and stored images → a lesion-box folder
+"""``python -m review.export_marks``: reviews with marks and stored images → a lesion-box folder
 that ``training.lesions`` reads and ``python -m training.localize`` scores, with the same
 scores the app stored at each save; no patient identifier in it."""
 
@@ -13,10 +13,10 @@ from PIL import Image
 
 from imaging.load import load_image
 from model.predictor import Predictor
+from review.export_marks import main as export_main
 from review.marks import marks_text
 from review.store import ReviewStore, draft_from_prediction, pixels_sha256
 from tests.conftest import lung5_images
-from training.export_marks import main as export_main
 from training.lesions import BOXES_FILE, read_folder
 from training.localize import main as localize_main
 

@@ -17,25 +17,10 @@ from pathlib import Path
 
 import numpy as np
 
-from explain.localization import Box
+from explain.localization import BOXES_FILE, COLUMNS, SPLITS, Box
 from model.config import CLASS_NAMES
 from training.data import PNEUMONIA_CLASSES as PNEUMONIA_INDICES
 
-BOXES_FILE = "boxes.csv"
-COLUMNS = (
-    "image",
-    "split",
-    "label",
-    "finding",
-    "x0",
-    "y0",
-    "x1",
-    "y1",
-    "patient_id",
-    "source",
-    "license",
-)
-SPLITS = ("train", "val", "test")
 LABEL_ALIASES = {"Corona Virus Disease": "COVID-19"}
 UNKNOWN_CAUSE = "Pneumonia"  # a pneumonia of unknown cause: the likelier of these two classes
 PNEUMONIA_CLASSES = tuple(CLASS_NAMES[k] for k in PNEUMONIA_INDICES)  # training.data's set, named

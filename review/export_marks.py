@@ -1,7 +1,7 @@
 """Reviewers' marks as a lesion-box folder, so ``training.localize`` scores any model against a
 site's own reviewers:
 
-    python -m training.export_marks --database postgresql://user@host/lungcam --data-dir data \
+    python -m review.export_marks --database postgresql://user@host/lungcam --data-dir data \
         --out marks
     python -m training.localize --data ../shared/data/lesions marks --split test --out runs/ours
 
@@ -25,10 +25,10 @@ import shutil
 import sys
 from pathlib import Path
 
+from explain.localization import BOXES_FILE, COLUMNS, SPLITS
 from review.cli import add_store_arguments, open_store
 from review.marks import compact
 from review.store import Review, ReviewStore
-from training.lesions import BOXES_FILE, COLUMNS, SPLITS
 
 FINDING = "reviewer mark"
 LICENSE = "local review"
