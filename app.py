@@ -27,7 +27,14 @@ from serving.access import OwnerFolders
 from serving.launch import serve
 from serving.runtime import data_dir, make_predict
 from ui.analyze import AnalyzeHandlers
-from ui.common import DISCLAIMER, DISPLAY_FORMAT, SCREEN_CSS, HeadlineLabel, legend, shown_when_made
+from ui.common import (
+    DISCLAIMER,
+    SCREEN_CSS,
+    SHOWN,
+    HeadlineLabel,
+    legend,
+    shown_when_made,
+)
 from ui.explain import ExplainHandlers, explain_tab
 from ui.files import UPLOAD_CSS, UPLOAD_ID, ShownImage, ShownSlider, UploadBox
 from ui.history import HistoryHandlers, history_tab
@@ -36,7 +43,6 @@ from ui.review import ReviewHandlers, review_form
 
 ASSETS = Path(__file__).resolve().parent / "assets"
 EXAMPLES = sorted((ASSETS / "examples").glob("*.jpg"))
-IMAGE = {"format": DISPLAY_FORMAT, "type": "numpy", "interactive": False}
 API = {"predict", "overlay_full", "review", "report", "explain", "export_csv", "reopen"}
 
 
@@ -89,13 +95,11 @@ def build_demo(
                     with gr.Tab("Film | heatmap"):
                         viewer = ShownSlider(
                             label="Film | Grad-CAM (drag the divider; wheel zooms, drag pans)",
-                            format=DISPLAY_FORMAT,
-                            type="numpy",
-                            interactive=False,
                             max_height=600,
+                            **SHOWN,
                         )
                     with gr.Tab("Mark the finding"):
-                        mark_film = ShownImage(label="Click two opposite corners of a box", **IMAGE)
+                        mark_film = ShownImage(label="Click two opposite corners of a box", **SHOWN)
                         with gr.Row():
                             undo_mark = gr.Button("Undo last mark", size="sm")
                             clear_marks = gr.Button("Clear marks", size="sm")

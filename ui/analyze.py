@@ -18,7 +18,7 @@ from imaging.overlay import FULL_WINDOW, save_png
 from model.prediction import Prediction
 from serving.model_process import ModelUnavailable
 from serving.runtime import data_dir
-from ui.common import Case, draw, film, label_value
+from ui.common import Case, draw, draw_over, film, label_value
 from ui.files import UPLOADS
 from ui.marks import NO_MARKS
 
@@ -196,9 +196,8 @@ class AnalyzeHandlers:
         the before/after viewer (no model call)."""
         if case is None:
             return None
-        window = (level, width)
-        drawn = draw(case.prediction, class_name, opacity, colormap, outline, window=window)
-        return film(case.prediction.image, window), drawn
+        gray = film(case.prediction.image, (level, width))  # once: shown as is and under the map
+        return gray, draw_over(gray, case.prediction, class_name, opacity, colormap, outline)
 
     @staticmethod
     def lung_line(case: Case | None, class_name: str) -> str:

@@ -30,6 +30,7 @@ from review.drafts import new_review_id
 # "Full-resolution overlay (PNG)" and the Explain tab's PNGs.
 DISPLAY_FORMAT = "jpeg"
 DISPLAY_SIDE = 1024
+SHOWN = {"format": DISPLAY_FORMAT, "type": "numpy", "interactive": False}  # an output image
 DISCLAIMER = (
     "**Research demo — not a diagnostic device.** Outputs are not medical advice and must not "
     "guide patient care. The model was trained on a small public dataset whose classes come "
@@ -110,6 +111,19 @@ def draw(
     ``lungs`` outlines the lung fields found (and the crop box when the model saw only that).
     """
     gray = film(prediction.image, window, max_side)
+    return draw_over(gray, prediction, class_name, opacity, colormap, lungs)
+
+
+def draw_over(
+    gray: np.ndarray,
+    prediction: Prediction,
+    class_name: str,
+    opacity: float,
+    colormap: str,
+    lungs: bool = False,
+) -> np.ndarray:
+    """``draw`` on a film already at its shown size and window (``film``), for callers that
+    show the film itself too."""
     size = (gray.shape[1], gray.shape[0])
     index = prediction.class_index(class_name)
     drawn = overlay(gray, prediction.heatmap(index, size), opacity, colormap)

@@ -17,7 +17,7 @@ import gradio as gr
 from explain.choices import CONFUSABLE, DEFAULT_METHOD, METHODS, TARGET_LAYERS
 from imaging.overlay import DEFAULT_COLORMAP
 from serving.model_process import ModelService, ModelUnavailable
-from ui.common import DISPLAY_FORMAT, Case, legend
+from ui.common import DISPLAY_FORMAT, SHOWN, Case, legend
 from ui.files import ShownGallery, ShownImage
 
 PROGRESS = gr.Progress()  # Score-CAM's batches, reported from the model's process
@@ -150,7 +150,6 @@ def explain_tab(
 ) -> ExplainTab:
     """The Explain tab on the analysed ``case``, wired to ``handlers``, drawn with the Analyze
     tab's ``opacity`` and ``colormap``."""
-    image = {"format": DISPLAY_FORMAT, "type": "numpy", "interactive": False}
     with gr.Tab("Explain"):
         gr.Markdown(
             "Other CAM methods and layers, side by side, contrastive maps and a faithfulness "
@@ -173,7 +172,7 @@ def explain_tab(
                     cancel = gr.Button("Cancel", variant="stop")
                 faith_text = gr.Markdown()
             with gr.Column():
-                explained = ShownImage(label="Overlay", **image)
+                explained = ShownImage(label="Overlay", **SHOWN)
                 scale = gr.HTML(legend(DEFAULT_COLORMAP))
                 pngs = gr.File(label="Heatmap and overlay (PNG)", file_count="multiple")
         compared = gr.CheckboxGroup(
@@ -185,7 +184,7 @@ def explain_tab(
             class_a = gr.Dropdown(labels, value=CONFUSABLE[2], label="Why class A …")
             class_b = gr.Dropdown(labels, value=CONFUSABLE[1], label="… rather than class B")
             contrast = gr.Button("Contrast A vs B")
-        contrasted = ShownImage(label="Where the image speaks for A rather than B", **image)
+        contrasted = ShownImage(label="Where the image speaks for A rather than B", **SHOWN)
 
     look = [opacity, colormap, contour]
     choice = [case, method, class_name, layer]
